@@ -1,0 +1,191 @@
+# libstock — build, test, install, benchmark. The only entry point.
+#
+#   make            shared + static library and the examples (build/release)
+#   make test       install missing packages, build, run every test
+#   make check-tsan the unit suite under ThreadSanitizer     (build/tsan)
+#   make check-asan the unit suite under ASan + UBSan        (build/asan)
+#   make bench      counter benchmark table
+#   make install    PREFIX=/usr/local DESTDIR= (libdir, includedir, pkgconfigdir)
+#   make deps       install the Debian packages the build needs (no-op when present)
+
+PREFIX       ?= /usr/local
+EXEC_PREFIX  ?= $(PREFIX)
+LIBDIR       ?= $(EXEC_PREFIX)/lib
+INCLUDEDIR   ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DESTDIR      ?=
+
+VERSION_H := libstock/include/stock/common.h
+MAJOR := $(shell sed -n 's/^\#define STOCK_VERSION_MAJOR \([0-9]*\)$$/\1/p' $(VERSION_H))
+MINOR := $(shell sed -n 's/^\#define STOCK_VERSION_MINOR \([0-9]*\)$$/\1/p' $(VERSION_H))
+PATCH := $(shell sed -n 's/^\#define STOCK_VERSION_PATCH \([0-9]*\)$$/\1/p' $(VERSION_H))
+VERSION := $(MAJOR).$(MINOR).$(PATCH)
+
+CC      ?= cc
+AR      ?= ar
+VARIANT ?= release
+O       := build/$(VARIANT)
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes
+ifeq ($(CI),true)
+WARN += -Werror
+endif
+ifdef WERROR
+WARN += -Werror
+endif
+
+CK_CFLAGS := $(shell pkg-config --cflags ck 2>/dev/null)
+CK_LIBS   := $(shell pkg-config --libs ck 2>/dev/null || echo -lck)
+
+ifeq ($(VARIANT),tsan)
+# ck_pr's inline assembly is invisible to TSan: use the compiler builtins.
+OPT := -O1 -g -fsanitize=thread -DCK_USE_CC_BUILTINS=1
+SANLDFLAGS := -fsanitize=thread
+else ifeq ($(VARIANT),asan)
+OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+SANLDFLAGS := -fsanitize=address,undefined
+else
+OPT := -O2 -g
+SANLDFLAGS :=
+endif
+
+CFLAGS   ?=
+LDFLAGS  ?=
+STD      := -std=gnu11 -D_GNU_SOURCE
+INCS     := -Ilibstock/include
+LIBCFLAGS = $(STD) $(OPT) $(WARN) -fPIC -fvisibility=hidden $(INCS) $(CK_CFLAGS) $(CFLAGS)
+APPCFLAGS = $(STD) $(OPT) $(WARN) $(INCS) $(CK_CFLAGS) $(CFLAGS)
+
+LIB_SRCS := $(wildcard libstock/src/*.c)
+LIB_OBJS := $(patsubst libstock/src/%.c,$(O)/obj/%.o,$(LIB_SRCS))
+LIB_HDRS := $(wildcard libstock/include/*.h libstock/include/stock/*.h) libstock/src/internal.h
+
+SONAME    := libstock.so.$(MAJOR)
+SHLIB     := $(O)/libstock.so.$(VERSION)
+STLIB     := $(O)/libstock.a
+LIBS_PRIV := $(CK_LIBS) -lpthread
+
+EXAMPLE_SRCS := $(wildcard examples/*.c)
+EXAMPLES     := $(patsubst examples/%.c,$(O)/examples/%,$(EXAMPLE_SRCS))
+
+UNIT_SRCS := $(wildcard tests/unit/*.c)
+UNIT_HDRS := $(wildcard tests/unit/*.h)
+UNIT_BIN  := $(O)/tests/unit_tests
+CRITERION_LIBS := $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
+
+BENCH_BIN := $(O)/bench/bench_counters
+
+# Debian packages the library, its tests and its benchmarks need.
+DEPS_PKGS := gcc make pkg-config libck-dev libcriterion-dev
+
+.PHONY: all lib static shared examples test unit check check-tsan check-asan \
+        bench install uninstall deps clean test-install
+
+all: lib examples
+
+lib: static shared
+static: $(STLIB)
+shared: $(SHLIB)
+
+$(O)/obj/%.o: libstock/src/%.c $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(LIBCFLAGS) -c $< -o $@
+
+$(STLIB): $(LIB_OBJS)
+	@mkdir -p $(@D)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+$(SHLIB): $(LIB_OBJS)
+	@mkdir -p $(@D)
+	$(CC) -shared -Wl,-soname,$(SONAME) $(SANLDFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS_PRIV)
+	ln -sf libstock.so.$(VERSION) $(O)/$(SONAME)
+	ln -sf $(SONAME) $(O)/libstock.so
+
+examples: $(EXAMPLES)
+
+$(O)/examples/%: examples/%.c $(STLIB) $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(APPCFLAGS) $< -o $@ $(SANLDFLAGS) $(LDFLAGS) $(STLIB) $(LIBS_PRIV)
+
+$(UNIT_BIN): $(UNIT_SRCS) $(UNIT_HDRS) $(STLIB)
+	@mkdir -p $(@D)
+	$(CC) $(APPCFLAGS) -Itests/unit $(UNIT_SRCS) -o $@ $(SANLDFLAGS) $(LDFLAGS) \
+	    $(STLIB) $(CRITERION_LIBS) $(LIBS_PRIV)
+
+$(BENCH_BIN): tests/bench/bench_counters.c $(STLIB) $(LIB_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(APPCFLAGS) $< -o $@ $(SANLDFLAGS) $(LDFLAGS) $(STLIB) $(LIBS_PRIV)
+
+# --- tests -----------------------------------------------------------------
+
+# Criterion forks one process per test; TSan needs a fixed address layout.
+UNIT_RUN := $(UNIT_BIN) --jobs 2 --full-stats
+
+unit: $(UNIT_BIN)
+	$(UNIT_RUN)
+
+check: unit
+
+test: deps
+	$(MAKE) all
+	$(MAKE) unit
+	$(MAKE) test-install
+
+# Installs into a temp DESTDIR and builds every example with pkg-config alone.
+test-install: all
+	bash tests/install/run.sh
+
+check-tsan: deps
+	$(MAKE) VARIANT=tsan unit TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 $(TSAN_OPTIONS)"
+
+check-asan: deps
+	$(MAKE) VARIANT=asan all unit \
+	    ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:$(ASAN_OPTIONS)" \
+	    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:$(UBSAN_OPTIONS)"
+
+export TSAN_OPTIONS ASAN_OPTIONS UBSAN_OPTIONS
+
+bench: deps $(BENCH_BIN)
+	$(BENCH_BIN)
+
+# --- install ---------------------------------------------------------------
+
+$(O)/libstock.pc: pkgconfig/libstock.pc.in $(VERSION_H)
+	@mkdir -p $(@D)
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	    -e 's|@LIBS_PRIVATE@|-lpthread|g' $< > $@
+
+install: lib $(O)/libstock.pc
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/stock $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 0644 libstock/include/stock.h $(DESTDIR)$(INCLUDEDIR)/stock.h
+	install -m 0644 libstock/include/stock/*.h $(DESTDIR)$(INCLUDEDIR)/stock/
+	install -m 0755 $(SHLIB) $(DESTDIR)$(LIBDIR)/
+	ln -sf libstock.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libstock.so
+	install -m 0644 $(STLIB) $(DESTDIR)$(LIBDIR)/
+	install -m 0644 $(O)/libstock.pc $(DESTDIR)$(PKGCONFIGDIR)/libstock.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/stock.h
+	rm -rf $(DESTDIR)$(INCLUDEDIR)/stock
+	rm -f $(DESTDIR)$(LIBDIR)/libstock.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	rm -f $(DESTDIR)$(LIBDIR)/libstock.so $(DESTDIR)$(LIBDIR)/libstock.a
+	rm -f $(DESTDIR)$(PKGCONFIGDIR)/libstock.pc
+
+# --- system packages -------------------------------------------------------
+
+deps:
+	@missing=""; for p in $(DEPS_PKGS); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "deps: installing$$missing"; \
+	    SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+clean:
+	rm -rf build

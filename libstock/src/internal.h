@@ -1,0 +1,49 @@
+/*
+ * Internal helpers shared by the library's .c files. Nothing here is part of
+ * the public API; every symbol is hidden (stock__ prefix, no STOCK_EXTERN).
+ */
+#ifndef STOCK_INTERNAL_H
+#define STOCK_INTERNAL_H
+
+#include <ck_ec.h>
+#include <stdbool.h>
+
+#include "stock/common.h"
+
+/*
+ * The Linux futex operations that ck_ec needs (gettime on CLOCK_MONOTONIC,
+ * wait32/wait64 with an absolute deadline, wake32/wake64 waking everyone).
+ * stock__ec_mp is the multi-producer mode every primitive uses.
+ */
+extern const struct ck_ec_ops stock__ec_ops;
+extern const struct ck_ec_mode stock__ec_mp;
+
+/*
+ * ThreadSanitizer annotations. ConcurrencyKit's out-of-line parts (ck_epoch
+ * grace periods, ck_hs, ck_ec slow paths) come from the system libck, which is
+ * not instrumented, so TSan cannot see the happens-before edges they create.
+ * The primitives that rely on those edges state them explicitly with these
+ * macros; they compile to nothing outside `make check-tsan`.
+ */
+#if defined(__SANITIZE_THREAD__)
+#define STOCK__TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define STOCK__TSAN 1
+#endif
+#endif
+
+#ifdef STOCK__TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define STOCK__HB_RELEASE(addr) __tsan_release((void *)(addr))
+#define STOCK__HB_ACQUIRE(addr) __tsan_acquire((void *)(addr))
+#else
+#define STOCK__HB_RELEASE(addr) ((void)(addr))
+#define STOCK__HB_ACQUIRE(addr) ((void)(addr))
+#endif
+
+/* Returns true when @deadline (CLOCK_MONOTONIC, may be NULL) has passed. */
+bool stock__deadline_passed(const struct timespec *deadline);
+
+#endif /* STOCK_INTERNAL_H */
