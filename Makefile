@@ -108,10 +108,22 @@ $(O)/examples/%: examples/%.c $(STLIB) $(LIB_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(APPCFLAGS) $< -o $@ $(SANLDFLAGS) $(LDFLAGS) $(STLIB) $(LIBS_PRIV)
 
-$(UNIT_BIN): $(UNIT_SRCS) $(UNIT_HDRS) $(STLIB)
+# Under TSan the same test files build against a Criterion-compatible shim
+# (tests/unit/shim): Criterion's sandbox cannot start under TSan.
+ifeq ($(VARIANT),tsan)
+UNIT_EXTRA := -Itests/unit/shim tests/unit/shim/shim_main.c
+UNIT_LIBS  :=
+UNIT_FLAGS :=
+else
+UNIT_EXTRA :=
+UNIT_LIBS  := $(CRITERION_LIBS)
+UNIT_FLAGS := --jobs 2
+endif
+
+$(UNIT_BIN): $(UNIT_SRCS) $(UNIT_HDRS) $(STLIB) $(wildcard tests/unit/shim/*.c tests/unit/shim/criterion/*.h)
 	@mkdir -p $(@D)
-	$(CC) $(APPCFLAGS) -Itests/unit $(UNIT_SRCS) -o $@ $(SANLDFLAGS) $(LDFLAGS) \
-	    $(STLIB) $(CRITERION_LIBS) $(LIBS_PRIV)
+	$(CC) $(APPCFLAGS) $(UNIT_EXTRA) -Itests/unit $(UNIT_SRCS) -o $@ $(SANLDFLAGS) $(LDFLAGS) \
+	    $(STLIB) $(UNIT_LIBS) $(LIBS_PRIV)
 
 $(BENCH_BIN): tests/bench/bench_counters.c $(STLIB) $(LIB_HDRS)
 	@mkdir -p $(@D)
@@ -119,8 +131,7 @@ $(BENCH_BIN): tests/bench/bench_counters.c $(STLIB) $(LIB_HDRS)
 
 # --- tests -----------------------------------------------------------------
 
-# Criterion forks one process per test; TSan needs a fixed address layout.
-UNIT_RUN := $(UNIT_BIN) --jobs 2 --full-stats
+UNIT_RUN := $(UNIT_BIN) $(UNIT_FLAGS)
 
 unit: $(UNIT_BIN)
 	$(UNIT_RUN)
@@ -142,9 +153,10 @@ check-tsan: deps
 check-asan: deps
 	$(MAKE) VARIANT=asan all unit \
 	    ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:$(ASAN_OPTIONS)" \
+	    LSAN_OPTIONS="suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0" \
 	    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:$(UBSAN_OPTIONS)"
 
-export TSAN_OPTIONS ASAN_OPTIONS UBSAN_OPTIONS
+export TSAN_OPTIONS ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS
 
 bench: deps $(BENCH_BIN)
 	$(BENCH_BIN)

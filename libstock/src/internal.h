@@ -43,6 +43,13 @@ void __tsan_release(void *addr);
 #define STOCK__HB_ACQUIRE(addr) ((void)(addr))
 #endif
 
+/*
+ * Under TSan, ck_pr is built from compiler builtins (see stock/common.h). Its
+ * generic fallbacks for operations GCC has no builtin for (ck_pr_fas_*,
+ * ck_pr_bts_*, ...) read with plain volatile loads that TSan reports; the
+ * library uses CAS loops instead of those.
+ */
+
 /* Returns true when @deadline (CLOCK_MONOTONIC, may be NULL) has passed. */
 bool stock__deadline_passed(const struct timespec *deadline);
 

@@ -174,8 +174,9 @@ stock_signal_set(struct stock_signal *s)
 
 	if (s == NULL)
 		return STOCK_EINVAL;
-	/* Already set: sets coalesce, and any registered waiter re-checks. */
-	if (ck_pr_fas_32(&s->signaled, 1) != 0)
+	/* Already set: sets coalesce, and any registered waiter re-checks.
+	 * The CAS is a full barrier before reading nwaiters (Dekker). */
+	if (ck_pr_load_32(&s->signaled) != 0 || !ck_pr_cas_32(&s->signaled, 0, 1))
 		return 0;
 	if (ck_pr_load_32(&s->nwaiters) == 0)
 		return 0;

@@ -9,6 +9,29 @@
 #include <stddef.h>
 #include <time.h>
 
+#include <ck_pr.h>
+
+/*
+ * ThreadSanitizer builds compile ck_pr with CK_USE_CC_BUILTINS=1, whose loads
+ * and stores are plain volatile accesses that TSan treats as data races
+ * against atomic read-modify-writes. Map them to acquire loads and release
+ * stores: that is exactly x86-64's memory model (TSO), the one ck_pr's
+ * assembly relies on, so TSan checks the ordering the hardware really gives.
+ * This must come before any other ck header so their inline code uses it.
+ */
+#if defined(__SANITIZE_THREAD__) && defined(CK_USE_CC_BUILTINS) && CK_USE_CC_BUILTINS
+#undef CK_PR_LOAD_SAFE
+#undef CK_PR_STORE_SAFE
+#undef CK_PR_LOAD_PTR_SAFE
+#undef CK_PR_STORE_PTR_SAFE
+#define CK_PR_LOAD_SAFE(SRC, TYPE) __atomic_load_n((SRC), __ATOMIC_ACQUIRE)
+#define CK_PR_STORE_SAFE(DST, VAL, TYPE) __atomic_store_n((DST), (VAL), __ATOMIC_RELEASE)
+#define CK_PR_LOAD_PTR_SAFE(SRC) \
+	((void *)__atomic_load_n((void *const *)(const void *)(SRC), __ATOMIC_ACQUIRE))
+#define CK_PR_STORE_PTR_SAFE(DST, VAL) \
+	__atomic_store_n((void **)(void *)(DST), (void *)(VAL), __ATOMIC_RELEASE)
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif

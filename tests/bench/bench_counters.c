@@ -1,0 +1,226 @@
+/*
+ * Counter benchmark: every strategy's take(1) at 1, 2, 4 and 16 threads, next
+ * to two references measured in the same run — a bare ck_pr CAS loop with the
+ * same floor check, and a pthread mutex around a plain decrement — with the
+ * ratios the project's aims are stated in. It prints numbers; it never fails
+ * because the machine is slow or noisy.
+ *
+ *   bench_counters [seconds-per-cell] [repeats]      (defaults 0.3 and 3)
+ *
+ * Each cell runs `repeats` times and reports the best run (least disturbed by
+ * other load on the machine).
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sched.h>
+
+#include <stock.h>
+
+#define MAX_THREADS 16
+
+/* ---- the contestants ---------------------------------------------------- */
+
+struct ref_cas {
+	uint64_t remaining;
+} __attribute__((aligned(STOCK_CACHELINE)));
+
+struct ref_mutex {
+	pthread_mutex_t lock;
+	uint64_t remaining;
+} __attribute__((aligned(STOCK_CACHELINE)));
+
+static struct ref_cas g_cas;
+static struct ref_mutex g_mutex = { PTHREAD_MUTEX_INITIALIZER, 0 };
+static struct stock_atomic g_atomic;
+static struct stock_locked g_locked;
+static struct stock_signaled g_signaled;
+
+/* Bare CAS loop: the least any lock-free floor-checked decrement can cost. */
+static inline int
+ref_cas_take(uint64_t n)
+{
+	uint64_t cur = ck_pr_load_64(&g_cas.remaining);
+
+	do {
+		if (cur < n)
+			return -1;
+	} while (!ck_pr_cas_64_value(&g_cas.remaining, cur, cur - n, &cur));
+	return 0;
+}
+
+static inline int
+ref_mutex_take(uint64_t n)
+{
+	int rc = -1;
+
+	pthread_mutex_lock(&g_mutex.lock);
+	if (g_mutex.remaining >= n) {
+		g_mutex.remaining -= n;
+		rc = 0;
+	}
+	pthread_mutex_unlock(&g_mutex.lock);
+	return rc;
+}
+
+enum contestant { C_CAS, C_MUTEX, C_ATOMIC, C_LOCKED, C_SIGNAL, C_COUNT };
+static const char *const c_names[C_COUNT] = {
+	"ref: bare ck_pr CAS loop", "ref: pthread mutex", "stock atomic", "stock locked",
+	"stock signal"
+};
+
+static void
+reset_all(void)
+{
+	uint64_t big = STOCK_COUNT_MAX;
+
+	g_cas.remaining = big;
+	g_mutex.remaining = big;
+	stock_atomic_destroy(&g_atomic);
+	stock_atomic_init(&g_atomic, big);
+	stock_locked_destroy(&g_locked);
+	stock_locked_init(&g_locked, big);
+	stock_signaled_destroy(&g_signaled);
+	stock_signaled_init(&g_signaled, big);
+}
+
+/* ---- the run ------------------------------------------------------------ */
+
+struct run {
+	enum contestant who;
+	int threads;
+	int go;    /* ck_pr */
+	int stop;  /* ck_pr */
+	int ready; /* ck_pr */
+	uint64_t ops[MAX_THREADS];
+	uint64_t failures;
+};
+
+struct worker_arg {
+	struct run *run;
+	int idx;
+};
+
+#define LOOP(call)                                        \
+	while (!ck_pr_load_int(&r->stop)) {               \
+		for (int k_ = 0; k_ < 64; k_++)           \
+			fails += (call) != 0;             \
+		ops += 64;                                \
+	}
+
+static void *
+worker(void *p)
+{
+	struct worker_arg *a = p;
+	struct run *r = a->run;
+	uint64_t ops = 0, fails = 0;
+
+	ck_pr_inc_int(&r->ready);
+	while (!ck_pr_load_int(&r->go))
+		ck_pr_stall();
+	switch (r->who) {
+	case C_CAS: LOOP(ref_cas_take(1)); break;
+	case C_MUTEX: LOOP(ref_mutex_take(1)); break;
+	case C_ATOMIC: LOOP(stock_atomic_take(&g_atomic, 1)); break;
+	case C_LOCKED: LOOP(stock_locked_take(&g_locked, 1)); break;
+	case C_SIGNAL: LOOP(stock_signaled_take(&g_signaled, 1)); break;
+	default: break;
+	}
+	r->ops[a->idx] = ops;
+	ck_pr_faa_64(&r->failures, fails);
+	return NULL;
+}
+
+/* Returns total ops per second. */
+static double
+run_once(enum contestant who, int threads, double seconds)
+{
+	struct run r;
+	struct worker_arg args[MAX_THREADS];
+	pthread_t tid[MAX_THREADS];
+	struct timespec ts;
+	uint64_t t0, t1, total = 0;
+
+	memset(&r, 0, sizeof r);
+	r.who = who;
+	r.threads = threads;
+	reset_all();
+	for (int i = 0; i < threads; i++) {
+		args[i] = (struct worker_arg){ &r, i };
+		pthread_create(&tid[i], NULL, worker, &args[i]);
+	}
+	while (ck_pr_load_int(&r.ready) < threads)
+		sched_yield();
+	t0 = stock_now_ns();
+	ck_pr_store_int(&r.go, 1);
+	ts.tv_sec = (time_t)seconds;
+	ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
+	nanosleep(&ts, NULL);
+	ck_pr_store_int(&r.stop, 1);
+	for (int i = 0; i < threads; i++)
+		pthread_join(tid[i], NULL);
+	t1 = stock_now_ns();
+	for (int i = 0; i < threads; i++)
+		total += r.ops[i];
+	if (r.failures != 0)
+		fprintf(stderr, "warning: %s ran out of stock\n", c_names[who]);
+	return (double)total / ((double)(t1 - t0) / 1e9);
+}
+
+int
+main(int argc, char **argv)
+{
+	static const int thread_counts[] = { 1, 2, 4, 16 };
+	enum { NT = sizeof thread_counts / sizeof thread_counts[0] };
+	double seconds = argc > 1 ? atof(argv[1]) : 0.3;
+	int repeats = argc > 2 ? atoi(argv[2]) : 3;
+	double best[C_COUNT][NT];
+
+	if (seconds <= 0 || repeats <= 0) {
+		fprintf(stderr, "usage: %s [seconds-per-cell > 0] [repeats > 0]\n", argv[0]);
+		return 2;
+	}
+	stock_atomic_init(&g_atomic, 0);
+	stock_locked_init(&g_locked, 0);
+	stock_signaled_init(&g_signaled, 0);
+
+	for (int t = 0; t < NT; t++)
+		for (int c = 0; c < C_COUNT; c++) {
+			best[c][t] = 0;
+			for (int k = 0; k < repeats; k++) {
+				double v = run_once((enum contestant)c, thread_counts[t], seconds);
+				if (v > best[c][t])
+					best[c][t] = v;
+			}
+		}
+
+	printf("libstock %s counter benchmark: take(1), best of %d x %.2fs per cell, %ld CPUs\n\n",
+	    stock_version_string(), repeats, seconds, sysconf(_SC_NPROCESSORS_ONLN));
+	printf("| %-24s | thr | ns/op | M ops/s | vs CAS ref | vs mutex ref | vs own 2-thr |\n",
+	    "strategy");
+	printf("|--------------------------|----:|------:|--------:|-----------:|-------------:|-------------:|\n");
+	for (int c = 0; c < C_COUNT; c++)
+		for (int t = 0; t < NT; t++) {
+			double ops = best[c][t];
+			/* ns per operation as one thread sees it. */
+			double nsop = 1e9 * thread_counts[t] / ops;
+			printf("| %-24s | %3d | %5.1f | %7.2f | %9.2fx | %11.2fx | %11.0f%% |\n",
+			    c_names[c], thread_counts[t], nsop, ops / 1e6, ops / best[C_CAS][t],
+			    ops / best[C_MUTEX][t], 100.0 * ops / best[c][1]);
+		}
+
+	printf("\nAims (ratios from this run):\n");
+	{
+		double ratio = best[C_CAS][0] / best[C_ATOMIC][0];
+		printf("  atomic take uncontended: %.2fx the bare CAS loop's time per op (aim <= 1.5x): %s\n",
+		    ratio, ratio <= 1.5 ? "met" : "NOT met");
+	}
+	for (int c = C_LOCKED; c <= C_SIGNAL; c++) {
+		double keep = best[c][NT - 1] / best[c][1];
+		printf("  %s at 16 threads keeps %.0f%% of its 2-thread throughput (aim >= 50%%): %s\n",
+		    c_names[c], 100 * keep, keep >= 0.5 ? "met" : "NOT met");
+	}
+	return 0;
+}
