@@ -78,7 +78,7 @@ BENCH_BIN := $(O)/bench/bench_counters
 # Debian packages the library, its tests and its benchmarks need.
 DEPS_PKGS := gcc make pkg-config libck-dev libcriterion-dev
 
-.PHONY: all lib static shared examples test unit check check-tsan check-asan \
+.PHONY: all lib static shared examples run-examples test unit check check-tsan check-asan \
         bench install uninstall deps clean test-install
 
 all: lib examples
@@ -136,6 +136,11 @@ UNIT_RUN := $(UNIT_BIN) $(UNIT_FLAGS)
 unit: $(UNIT_BIN)
 	$(UNIT_RUN)
 
+# Runs every example (they check their own results and exit non-zero on a miss).
+run-examples: $(EXAMPLES)
+	@set -e; for e in $(EXAMPLES); do echo "== $$e"; $$e > /dev/null; done; \
+	    echo "examples: $(words $(EXAMPLES)) passed, 0 failed"
+
 check: unit
 
 test: deps
@@ -148,10 +153,10 @@ test-install: all
 	bash tests/install/run.sh
 
 check-tsan: deps
-	$(MAKE) VARIANT=tsan unit TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 $(TSAN_OPTIONS)"
+	$(MAKE) VARIANT=tsan unit run-examples TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 $(TSAN_OPTIONS)"
 
 check-asan: deps
-	$(MAKE) VARIANT=asan all unit \
+	$(MAKE) VARIANT=asan unit run-examples \
 	    ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:$(ASAN_OPTIONS)" \
 	    LSAN_OPTIONS="suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0" \
 	    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:$(UBSAN_OPTIONS)"
