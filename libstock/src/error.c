@@ -48,7 +48,7 @@ stock_err_name(int err)
 }
 
 const char *
-stock_version_string(void)
+stock_library_version(void)
 {
 	return STOCK__STR(STOCK_VERSION_MAJOR) "." STOCK__STR(
 	    STOCK_VERSION_MINOR) "." STOCK__STR(STOCK_VERSION_PATCH);

@@ -172,7 +172,7 @@ Test(errors, names_and_messages)
 		cr_expect_str_neq(stock_err_name(e), "STOCK_EUNKNOWN", "code %d has no name", e);
 		cr_expect_str_neq(stock_strerror(e), "unknown error", "code %d has no message", e);
 	}
-	cr_expect_not_null(stock_version_string());
+	cr_expect_not_null(stock_library_version());
 }
 
 /* ---- the shared torture harness over every strategy ---------------------- */
@@ -182,3 +182,4 @@ Test(torture, locked_8_threads, .timeout = 120) { torture_run(torture_counter_op
 Test(torture, signal_8_threads, .timeout = 120) { torture_run(torture_counter_ops(STOCK_STRATEGY_SIGNAL), 8, 20000); }
 Test(torture, atomic_16_threads_small_stock, .timeout = 120) { torture_run(torture_counter_ops(STOCK_STRATEGY_ATOMIC), 16, 100); }
 Test(torture, signal_16_threads_small_stock, .timeout = 120) { torture_run(torture_counter_ops(STOCK_STRATEGY_SIGNAL), 16, 100); }
+Test(torture, table_sku_8_threads, .timeout = 120) { torture_run(torture_table_ops(), 8, 20000); }

@@ -226,3 +226,57 @@ torture_counter_ops(enum stock_strategy s)
 	}
 	return NULL;
 }
+
+/* ---- ops for a SKU in a stock_table: the same harness through lookups ---- */
+
+struct torture_table {
+	stock_table_t *table;
+};
+
+#define TORTURE_SKU "NVDA"
+#define TORTURE_SKU_LEN 4
+
+static void *
+torture_table_create(uint64_t remaining)
+{
+	struct torture_table *t = calloc(1, sizeof *t);
+
+	if (t == NULL || stock_table_create(&t->table, STOCK_STRATEGY_ATOMIC, 4) != 0)
+		goto fail;
+	/* Neighbours in the same table, so lookups really hash and probe. */
+	if (stock_table_insert(t->table, "TSLA", 4, 1) != 0 ||
+	    stock_table_insert(t->table, TORTURE_SKU, TORTURE_SKU_LEN, remaining) != 0 ||
+	    stock_table_insert(t->table, "AMD", 3, 1) != 0)
+		goto fail;
+	return t;
+fail:
+	if (t != NULL && t->table != NULL)
+		stock_table_destroy(t->table);
+	free(t);
+	return NULL;
+}
+
+static void
+torture_table_destroy(void *o)
+{
+	struct torture_table *t = o;
+
+	stock_table_destroy(t->table);
+	free(t);
+}
+
+static int torture_table_take(void *o, uint64_t n) { return stock_table_take(((struct torture_table *)o)->table, TORTURE_SKU, TORTURE_SKU_LEN, n); }
+static int torture_table_put(void *o, uint64_t n) { return stock_table_put(((struct torture_table *)o)->table, TORTURE_SKU, TORTURE_SKU_LEN, n); }
+static int torture_table_set(void *o, uint64_t r) { return stock_table_set(((struct torture_table *)o)->table, TORTURE_SKU, TORTURE_SKU_LEN, r); }
+static int torture_table_read(void *o, struct stock_level *l) { return stock_table_read(((struct torture_table *)o)->table, TORTURE_SKU, TORTURE_SKU_LEN, l); }
+
+static const struct torture_ops torture_ops_table = {
+	"table", torture_table_create, torture_table_destroy, torture_table_take,
+	torture_table_put, torture_table_set, torture_table_read
+};
+
+const struct torture_ops *
+torture_table_ops(void)
+{
+	return &torture_ops_table;
+}

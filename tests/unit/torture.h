@@ -21,6 +21,9 @@ struct torture_ops {
 /* Ops for a stock_counter of the given strategy. */
 const struct torture_ops *torture_counter_ops(enum stock_strategy s);
 
+/* Ops for one SKU of a stock_table (atomic strategy) among neighbours. */
+const struct torture_ops *torture_table_ops(void);
+
 /*
  * Phase 1: @threads threads race to sell @initial units with random takes of
  * 1..4 and refunds of 1..3 units they hold; a reader checks remaining + sold ==

@@ -128,12 +128,12 @@ STOCK_EXTERN const char *stock_strerror(int err);
 STOCK_EXTERN const char *stock_err_name(int err);
 
 /**
- * stock_version_string - the library's version as "MAJOR.MINOR.PATCH".
+ * stock_library_version - the library's version as "MAJOR.MINOR.PATCH".
  *
  * Returns the version the shared object was built as, which may differ from
  * the STOCK_VERSION_* macros a program was compiled against.
  */
-STOCK_EXTERN const char *stock_version_string(void);
+STOCK_EXTERN const char *stock_library_version(void);
 
 /*
  * Deadlines. Every blocking call takes `const struct timespec *deadline`: an
