@@ -1,0 +1,4 @@
+#ifndef STOCK_PERMITS_H
+#define STOCK_PERMITS_H
+#include "common.h"
+#endif
