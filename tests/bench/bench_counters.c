@@ -197,7 +197,7 @@ main(int argc, char **argv)
 		}
 
 	printf("libstock %s counter benchmark: take(1), best of %d x %.2fs per cell, %ld CPUs\n\n",
-	    stock_version_string(), repeats, seconds, sysconf(_SC_NPROCESSORS_ONLN));
+	    stock_library_version(), repeats, seconds, sysconf(_SC_NPROCESSORS_ONLN));
 	printf("| %-24s | thr | ns/op | M ops/s | vs CAS ref | vs mutex ref | vs own 2-thr |\n",
 	    "strategy");
 	printf("|--------------------------|----:|------:|--------:|-----------:|-------------:|-------------:|\n");
