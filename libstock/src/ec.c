@@ -90,3 +90,27 @@ const struct ck_ec_mode stock__ec_mp = {
 	.ops = &stock__ec_ops,
 	.single_producer = false,
 };
+
+/*
+ * ck_ec's sleeping path (libck's exponential_backoff) sleeps in steps ending
+ * 2 ms, 16 ms, 128 ms and 1 s after it started, without clamping a step to
+ * the caller's deadline, so a 30 ms deadline would sleep until 128 ms. The
+ * predicate hook may rewrite each step's deadline: clamp it to ours.
+ */
+static int
+stock__ec_clamp(const struct ck_ec_wait_state *st, struct timespec *partial)
+{
+	const struct timespec *dl = st->data;
+
+	if (dl != NULL && (dl->tv_sec < partial->tv_sec ||
+	    (dl->tv_sec == partial->tv_sec && dl->tv_nsec < partial->tv_nsec)))
+		*partial = *dl;
+	return 0;
+}
+
+int
+stock__ec32_wait(struct ck_ec32 *ec, uint32_t old, const struct timespec *deadline)
+{
+	return ck_ec32_wait_pred(ec, &stock__ec_mp, old, stock__ec_clamp,
+	    (void *)(uintptr_t)deadline, deadline);
+}

@@ -19,6 +19,13 @@ extern const struct ck_ec_ops stock__ec_ops;
 extern const struct ck_ec_mode stock__ec_mp;
 
 /*
+ * Waits while @ec still holds @old, until @deadline (absolute
+ * CLOCK_MONOTONIC, NULL = forever). Unlike a bare ck_ec32_wait it never
+ * sleeps past the deadline. Returns 0 when the count changed, -1 on deadline.
+ */
+int stock__ec32_wait(struct ck_ec32 *ec, uint32_t old, const struct timespec *deadline);
+
+/*
  * ThreadSanitizer annotations. ConcurrencyKit's out-of-line parts (ck_epoch
  * grace periods, ck_hs, ck_ec slow paths) come from the system libck, which is
  * not instrumented, so TSan cannot see the happens-before edges they create.

@@ -150,7 +150,7 @@ stock_signal_wait(struct stock_signal *s, const struct timespec *deadline)
 			return 0;
 		}
 
-		if (ck_ec32_wait(&w.ec, &stock__ec_mp, 0, deadline) == 0) {
+		if (stock__ec32_wait(&w.ec, 0, deadline) == 0) {
 			/* Dequeued and woken by a setter. */
 			stock__signal_await_release(&w);
 		} else if (stock__signal_leave(s, &w)) {

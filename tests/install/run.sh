@@ -57,8 +57,12 @@ for src in examples/*.c; do
             bad "example $name (shared) failed:"; cat "$work/$name.out"
         fi
         # It really is the installed shared library that got loaded.
-        LD_LIBRARY_PATH="$lib" ldd "$work/$name" | grep -q "$lib/libstock.so.$major" \
-            || bad "example $name did not load the installed libstock.so"
+        # (captured first: grep -q closing the pipe early would fail pipefail)
+        loaded=$(LD_LIBRARY_PATH="$lib" ldd "$work/$name")
+        case "$loaded" in
+        *"$lib/libstock.so.$major"*) ;;
+        *) bad "example $name did not load the installed libstock.so" ;;
+        esac
     else
         bad "example $name (shared) does not compile"
     fi
