@@ -76,7 +76,7 @@ CRITERION_LIBS := $(shell pkg-config --libs criterion 2>/dev/null || echo -lcrit
 BENCH_BIN := $(O)/bench/bench_counters
 
 # Debian packages the library, its tests and its benchmarks need.
-DEPS_PKGS := gcc make pkg-config libck-dev libcriterion-dev
+DEPS_PKGS := gcc libc6-dev binutils make pkg-config libck-dev libcriterion-dev
 
 .PHONY: all lib static shared examples run-examples test unit check check-tsan check-asan \
         bench install uninstall deps clean test-install
