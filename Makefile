@@ -84,14 +84,29 @@ STORE_HDRS  := $(wildcard demo-server/*.h)
 SERVER_UNIT_SRCS := $(wildcard tests/server/test_*.c)
 SERVER_UNIT_BIN  := $(O)/tests/server_unit_tests
 BENCH_STORE_BIN  := $(O)/bench/bench_store
+SERVER_SRCS := $(filter-out $(STORE_SRCS),$(wildcard demo-server/*.c)) $(STORE_SRCS)
+SERVER_BIN  := $(O)/demo-server
+CIVETWEB_LIBS := -lcivetweb
 
 # Debian packages the library, its tests and its benchmarks need.
-DEPS_PKGS := gcc libc6-dev binutils make pkg-config libck-dev libcriterion-dev libbson-dev
+DEPS_PKGS := gcc libc6-dev binutils make pkg-config libck-dev libcriterion-dev libbson-dev \
+             libcivetweb-dev curl
 
-.PHONY: all lib static shared examples run-examples test unit check check-tsan check-asan \
+.PHONY: all run lib static shared examples run-examples test unit check server-test check-tsan check-asan \
         bench bench-store install uninstall deps clean test-install
 
-all: lib examples
+all: lib examples $(SERVER_BIN)
+
+$(SERVER_BIN): $(SERVER_SRCS) $(STORE_HDRS) $(STLIB)
+	@mkdir -p $(@D)
+	$(CC) $(APPCFLAGS) -Idemo-server $(BSON_CFLAGS) $(SERVER_SRCS) -o $@ $(SANLDFLAGS) $(LDFLAGS) \
+	    $(STLIB) $(BSON_LIBS) $(CIVETWEB_LIBS) $(LIBS_PRIV)
+
+# Starts the demo server on 127.0.0.1:5059 with the embedded store in ./data.
+RUN_ARGS ?=
+run: deps
+	$(MAKE) $(SERVER_BIN)
+	exec $(SERVER_BIN) $(RUN_ARGS)
 
 lib: static shared
 static: $(STLIB)
@@ -168,6 +183,11 @@ test: deps
 	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) test-install
+	$(MAKE) server-test
+
+# Starts the real server binary on a free port with a temp data dir.
+server-test: $(SERVER_BIN)
+	bash tests/server/http_test.sh $(SERVER_BIN)
 
 # Installs into a temp DESTDIR and builds every example with pkg-config alone.
 test-install: all

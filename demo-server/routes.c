@@ -1,0 +1,563 @@
+/*
+ * The route table and its handlers.
+ *
+ * One civetweb handler is registered for "/" and dispatches through
+ * `routes[]`: exact paths for the seed's OneStock/Util endpoints, prefixes
+ * followed by a SKU for ManyStock. Routing uses the raw (decoded but not
+ * dot-segment-cleaned) path, so "/x/../Util/Close" does not reach /Util/Close.
+ * Every answer is JSON; a bad request never changes stock.
+ */
+#include <bson/bson.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app.h"
+
+enum route_kind { R_ONE_BUY, R_ONE_PEEK, R_MANY_BUY, R_MANY_PEEK, R_UTIL_OPEN, R_UTIL_CLOSE,
+	R_LIVE, R_READY, R_METRICS, R_ADMIN_LIST, R_ADMIN_SET };
+
+struct route {
+	const char *method;
+	const char *path;  /* exact, or prefix when `sku` */
+	bool sku;          /* path is a prefix; the rest is a SKU */
+	enum route_kind kind;
+	int arg;           /* enum app_one for OneStock routes */
+	const char *name;  /* metrics label */
+};
+
+static const struct route routes[] = {
+	{ "POST", "/api/v1/OneStock/Db/Buy", false, R_ONE_BUY, APP_ONE_DB, "OneStock/Db/Buy" },
+	{ "POST", "/api/v1/OneStock/Cache/Atomic/Buy", false, R_ONE_BUY, APP_ONE_ATOMIC, "OneStock/Cache/Atomic/Buy" },
+	{ "POST", "/api/v1/OneStock/Cache/Signal/Buy", false, R_ONE_BUY, APP_ONE_SIGNAL, "OneStock/Cache/Signal/Buy" },
+	{ "POST", "/api/v1/OneStock/Cache/Lock/Buy", false, R_ONE_BUY, APP_ONE_LOCK, "OneStock/Cache/Lock/Buy" },
+	{ "GET", "/api/v1/OneStock/Db/Peek", false, R_ONE_PEEK, APP_ONE_DB, "OneStock/Db/Peek" },
+	{ "GET", "/api/v1/OneStock/Cache/Atomic/Peek", false, R_ONE_PEEK, APP_ONE_ATOMIC, "OneStock/Cache/Atomic/Peek" },
+	{ "GET", "/api/v1/OneStock/Cache/Signal/Peek", false, R_ONE_PEEK, APP_ONE_SIGNAL, "OneStock/Cache/Signal/Peek" },
+	{ "GET", "/api/v1/OneStock/Cache/Lock/Peek", false, R_ONE_PEEK, APP_ONE_LOCK, "OneStock/Cache/Lock/Peek" },
+	{ "POST", "/api/v1/ManyStock/Cache/BuyFastAtomic/", true, R_MANY_BUY, 0, "ManyStock/Cache/BuyFastAtomic" },
+	{ "GET", "/api/v1/ManyStock/Cache/PeekFastAtomic/", true, R_MANY_PEEK, 0, "ManyStock/Cache/PeekFastAtomic" },
+	{ "POST", "/api/v1/Util/Open", false, R_UTIL_OPEN, 0, "Util/Open" },
+	{ "POST", "/api/v1/Util/Close", false, R_UTIL_CLOSE, 0, "Util/Close" },
+	{ "GET", "/health/live", false, R_LIVE, 0, "health/live" },
+	{ "GET", "/health/ready", false, R_READY, 0, "health/ready" },
+	{ "GET", "/metrics", false, R_METRICS, 0, "metrics" },
+	{ "GET", "/api/v1/Admin/Stock", false, R_ADMIN_LIST, 0, "Admin/Stock" },
+	{ "POST", "/api/v1/Admin/Stock/", true, R_ADMIN_SET, 0, "Admin/Stock/{sku}" },
+};
+#define NROUTES (sizeof routes / sizeof routes[0])
+#define ROUTE_UNMATCHED NROUTES /* metrics slot for 404/405 */
+
+size_t
+app_route_count(void)
+{
+	return NROUTES + 1;
+}
+
+const char *
+app_route_name(size_t i)
+{
+	return i < NROUTES ? routes[i].name : "unmatched";
+}
+
+/* ---- request parsing ---------------------------------------------------- */
+
+/*
+ * The field @key of a JSON object body: absent → *found = false. Only a JSON
+ * integer is accepted (no strings, floats, booleans); any other key is an
+ * error, so typos are not silently ignored.
+ */
+static int
+json_uint_field(const char *body, size_t len, const char *key, uint64_t *out, bool *found,
+    const char **why)
+{
+	bson_t doc;
+	bson_error_t err;
+	bson_iter_t it;
+	size_t i = 0;
+
+	*found = false;
+	while (i < len && isspace((unsigned char)body[i]))
+		i++;
+	if (i == len)
+		return 0; /* empty body */
+	if (body[i] != '{') {
+		*why = "body must be a JSON object";
+		return -1;
+	}
+	if (!bson_init_from_json(&doc, body, (ssize_t)len, &err)) {
+		*why = "body is not valid JSON";
+		return -1;
+	}
+	if (!bson_iter_init(&it, &doc)) {
+		bson_destroy(&doc);
+		*why = "body is not valid JSON";
+		return -1;
+	}
+	while (bson_iter_next(&it)) {
+		int64_t v;
+
+		if (strcmp(bson_iter_key(&it), key) != 0 || *found) {
+			bson_destroy(&doc);
+			*why = "unknown or repeated field in body";
+			return -1;
+		}
+		if (BSON_ITER_HOLDS_INT32(&it))
+			v = bson_iter_int32(&it);
+		else if (BSON_ITER_HOLDS_INT64(&it))
+			v = bson_iter_int64(&it);
+		else {
+			bson_destroy(&doc);
+			*why = "field must be an integer";
+			return -1;
+		}
+		if (v < 0) {
+			bson_destroy(&doc);
+			*why = "field must not be negative";
+			return -1;
+		}
+		*out = (uint64_t)v;
+		*found = true;
+	}
+	bson_destroy(&doc);
+	return 0;
+}
+
+/* Quantity from the JSON body or ?quantity=; default 1. 0 or an HTTP status. */
+static int
+parse_quantity(struct app *app, struct mg_connection *c, uint64_t *qty, const char **why)
+{
+	const struct mg_request_info *ri = mg_get_request_info(c);
+	char small[4097], *body = small;
+	char qs[32];
+	size_t len = 0;
+	bool found = false;
+	int rc;
+
+	/* Bodies up to 4 KiB (the default limit) need no allocation. */
+	if (app->cfg.max_body > sizeof small - 1 && (body = malloc(app->cfg.max_body + 1)) == NULL) {
+		*why = "out of memory";
+		return 503;
+	}
+	rc = http_read_body(c, app->cfg.max_body, body, &len);
+	if (rc != 0)
+		*why = rc == 413 ? "request body too large" : "incomplete request body";
+	else if (json_uint_field(body, len, "quantity", qty, &found, why) != 0)
+		rc = 400;
+	if (body != small)
+		free(body);
+	if (rc != 0)
+		return rc;
+	if (ri->query_string != NULL) {
+		int n = mg_get_var(ri->query_string, strlen(ri->query_string), "quantity", qs, sizeof qs);
+		if (n == -2 || (n >= 0 && found)) {
+			*why = n == -2 ? "quantity out of range" : "quantity given twice";
+			return 400;
+		}
+		if (n >= 0) {
+			char *end;
+			if (n == 0 || !isdigit((unsigned char)qs[0])) {
+				*why = "quantity must be a positive integer";
+				return 400;
+			}
+			errno = 0;
+			*qty = strtoull(qs, &end, 10);
+			if (*end != '\0' || errno != 0) {
+				*why = "quantity must be a positive integer";
+				return 400;
+			}
+			found = true;
+		}
+	}
+	if (!found)
+		*qty = 1;
+	if (*qty == 0 || *qty > app->cfg.max_quantity) {
+		*why = "quantity must be between 1 and the configured maximum";
+		return 400;
+	}
+	return 0;
+}
+
+/* ---- handlers ------------------------------------------------------------ */
+
+static int
+reply_level(struct mg_connection *c, const char *sku, const struct stock_level *l)
+{
+	return http_reply(c, 200, NULL,
+	    "{\"sku\":\"%s\",\"remaining\":%llu,\"sold\":%llu,\"version\":%llu}", sku,
+	    (unsigned long long)l->remaining, (unsigned long long)l->sold,
+	    (unsigned long long)l->version);
+}
+
+static int
+reply_bought(struct mg_connection *c, const char *sku, uint64_t qty, const struct stock_level *l)
+{
+	return http_reply(c, 200, NULL,
+	    "{\"ok\":true,\"sku\":\"%s\",\"quantity\":%llu,\"remaining\":%llu,\"sold\":%llu,"
+	    "\"version\":%llu}",
+	    sku, (unsigned long long)qty, (unsigned long long)l->remaining,
+	    (unsigned long long)l->sold, (unsigned long long)l->version);
+}
+
+/* Buyers wait (bounded) while the gate is closed. 0 or 503. */
+static int
+pass_gate(struct app *app)
+{
+	struct timespec dl;
+
+	if (stock_breaker_state(&app->gate) == STOCK_BREAKER_CLOSED)
+		return 0;
+	stock_deadline_in(&dl, app->cfg.gate_wait_ms);
+	return stock_breaker_wait(&app->gate, &dl) == 0 ? 0 : 503;
+}
+
+static void
+to_doc(struct store_doc *d, const char *id, const struct stock_level *l)
+{
+	snprintf(d->sku, sizeof d->sku, "%s", id);
+	d->stock = l->remaining;
+	d->sold = l->sold;
+	d->version = l->version;
+}
+
+/* Journals a counter's new state; durable waits for the group commit. */
+static int
+journal(struct app *app, const char *id, struct stock_counter *ctr, bool durable)
+{
+	struct stock_level l;
+	struct store_doc d;
+
+	stock_counter_read(ctr, &l);
+	to_doc(&d, id, &l);
+	return store_append(app->store, &d, durable);
+}
+
+static int
+one_buy(struct app *app, struct mg_connection *c, int idx)
+{
+	struct app_one_item *it = &app->one[idx];
+	struct stock_breaker_token tok;
+	struct stock_level l;
+	const char *why = NULL;
+	uint64_t qty;
+	int rc, status;
+
+	if ((status = parse_quantity(app, c, &qty, &why)) != 0)
+		return http_error(c, status, status == 413 ? "too_large" :
+		    status == 503 ? "busy" : "bad_request", why);
+	if (pass_gate(app) != 0)
+		return http_error(c, 503, "gate_closed", "stock is being updated, retry shortly");
+
+	if (idx != APP_ONE_DB) {
+		rc = stock_counter_take(&it->counter, qty);
+		if (rc == STOCK_ESOLDOUT) {
+			stock_stat_inc(&app->buys_soldout[idx]);
+			return http_error(c, 409, "sold_out", "not enough stock remaining");
+		}
+		if (rc != 0)
+			return http_error(c, 400, "bad_request", stock_strerror(rc));
+		stock_stat_inc(&app->buys_ok[idx]);
+		/* Write-behind: queued now, on disk within one group commit. */
+		if (journal(app, it->doc_id, &it->counter, false) != 0)
+			stock_stat_inc(&app->store_rejects);
+		stock_counter_read(&it->counter, &l);
+		return reply_bought(c, it->doc_id, qty, &l);
+	}
+
+	/* Durable: acknowledged only after the record is on disk. */
+	if (stock_permits_try_acquire(&app->db_inflight, 1) != 0)
+		return http_error(c, 503, "busy", "too many durable buys in flight");
+	if (stock_breaker_allow(&app->store_breaker, &tok) != 0) {
+		stock_permits_release(&app->db_inflight, 1);
+		return http_error(c, 503, "store_unavailable", "the store is failing, retry later");
+	}
+	rc = stock_counter_take(&it->counter, qty);
+	if (rc == 0) {
+		struct store_doc d;
+
+		stock_counter_read(&it->counter, &l);
+		to_doc(&d, it->doc_id, &l);
+		rc = store_append(app->store, &d, true);
+		if (rc != 0) {
+			/* Not durable: give the units back, and report it. */
+			stock_counter_put(&it->counter, qty);
+			stock_stat_inc(&app->store_rejects);
+			if (rc == STOCK_ESYS)
+				stock_breaker_failure(&app->store_breaker, tok);
+			else
+				stock_breaker_success(&app->store_breaker, tok);
+			stock_permits_release(&app->db_inflight, 1);
+			return http_error(c, 503, "store_unavailable",
+			    rc == STOCK_EBUSY ? "the store queue is full, retry later" :
+			    "the store could not make the buy durable");
+		}
+	}
+	stock_breaker_success(&app->store_breaker, tok);
+	stock_permits_release(&app->db_inflight, 1);
+	if (rc == STOCK_ESOLDOUT) {
+		stock_stat_inc(&app->buys_soldout[idx]);
+		return http_error(c, 409, "sold_out", "not enough stock remaining");
+	}
+	if (rc != 0)
+		return http_error(c, 400, "bad_request", stock_strerror(rc));
+	stock_stat_inc(&app->buys_ok[idx]);
+	return reply_bought(c, it->doc_id, qty, &l);
+}
+
+static int
+many_buy(struct app *app, struct mg_connection *c, const char *sku)
+{
+	struct stock_table_section sec;
+	struct stock_counter *ctr;
+	struct stock_level l;
+	const char *why = NULL;
+	uint64_t qty;
+	int rc, status;
+
+	if ((status = parse_quantity(app, c, &qty, &why)) != 0)
+		return http_error(c, status, status == 413 ? "too_large" :
+		    status == 503 ? "busy" : "bad_request", why);
+	if (pass_gate(app) != 0)
+		return http_error(c, 503, "gate_closed", "stock is being updated, retry shortly");
+	if (stock_table_read_begin(app->many, &sec) != 0)
+		return http_error(c, 503, "busy", "out of memory");
+	ctr = stock_table_lookup(app->many, sku, strlen(sku));
+	if (ctr == NULL) {
+		stock_table_read_end(app->many, &sec);
+		return http_error(c, 404, "unknown_sku", "no such SKU");
+	}
+	rc = stock_counter_take(ctr, qty);
+	if (rc == 0) {
+		if (journal(app, sku, ctr, false) != 0)
+			stock_stat_inc(&app->store_rejects);
+		stock_counter_read(ctr, &l);
+	}
+	stock_table_read_end(app->many, &sec);
+	if (rc == STOCK_ESOLDOUT) {
+		stock_stat_inc(&app->buys_soldout[APP_ONE_COUNT]);
+		return http_error(c, 409, "sold_out", "not enough stock remaining");
+	}
+	if (rc != 0)
+		return http_error(c, 400, "bad_request", stock_strerror(rc));
+	stock_stat_inc(&app->buys_ok[APP_ONE_COUNT]);
+	return reply_bought(c, sku, qty, &l);
+}
+
+static int
+many_peek(struct app *app, struct mg_connection *c, const char *sku)
+{
+	struct stock_level l;
+
+	if (stock_table_read(app->many, sku, strlen(sku), &l) != 0)
+		return http_error(c, 404, "unknown_sku", "no such SKU");
+	return reply_level(c, sku, &l);
+}
+
+struct list_ctx {
+	char *buf;
+	size_t cap, len;
+};
+
+static int
+list_one(const char *sku, size_t len, const struct stock_level *l, void *arg)
+{
+	struct list_ctx *x = arg;
+	int n = snprintf(x->buf + x->len, x->cap - x->len,
+	    "%s{\"sku\":\"%.*s\",\"remaining\":%llu,\"sold\":%llu,\"version\":%llu}",
+	    x->len > 1 ? "," : "", (int)len, sku, (unsigned long long)l->remaining,
+	    (unsigned long long)l->sold, (unsigned long long)l->version);
+	if (n < 0 || (size_t)n >= x->cap - x->len)
+		return 1;
+	x->len += (size_t)n;
+	return 0;
+}
+
+static int
+admin_list(struct app *app, struct mg_connection *c)
+{
+	enum { CAP = 256 * 1024 };
+	char *buf = malloc(CAP);
+	struct list_ctx x = { buf, CAP - 2, 1 };
+	struct stock_level l;
+
+	if (buf == NULL)
+		return http_error(c, 503, "busy", "out of memory");
+	buf[0] = '[';
+	for (int i = 0; i < APP_ONE_COUNT; i++) {
+		stock_counter_read(&app->one[i].counter, &l);
+		list_one(app->one[i].doc_id, strlen(app->one[i].doc_id), &l, &x);
+	}
+	stock_table_foreach(app->many, list_one, &x);
+	buf[x.len++] = ']';
+	buf[x.len++] = '\n';
+	mg_printf(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+	    "Cache-Control: no-store\r\n\r\n", x.len);
+	mg_write(c, buf, x.len);
+	free(buf);
+	return 200;
+}
+
+/* Authoritative correction of one SKU: the gate is closed while it applies. */
+static int
+admin_set(struct app *app, struct mg_connection *c, const char *sku)
+{
+	char body[4096];
+	size_t len;
+	uint64_t remaining;
+	bool found;
+	const char *why = "body must be {\"remaining\": <integer>}";
+	struct stock_counter *ctr = NULL;
+	struct stock_table_section sec;
+	struct stock_level l;
+	int rc, i;
+
+	if ((rc = http_read_body(c, sizeof body - 1, body, &len)) != 0)
+		return http_error(c, rc, rc == 413 ? "too_large" : "bad_request", "bad body");
+	if (json_uint_field(body, len, "remaining", &remaining, &found, &why) != 0 || !found)
+		return http_error(c, 400, "bad_request", why);
+	if (remaining > STOCK_COUNT_MAX)
+		return http_error(c, 400, "bad_request", "remaining out of range");
+	if (stock_table_read_begin(app->many, &sec) != 0)
+		return http_error(c, 503, "busy", "out of memory");
+	stock_breaker_isolate(&app->gate);
+	for (i = 0; i < APP_ONE_COUNT && ctr == NULL; i++)
+		if (strcmp(sku, app->one[i].doc_id) == 0)
+			ctr = &app->one[i].counter;
+	if (ctr == NULL)
+		ctr = stock_table_lookup(app->many, sku, strlen(sku));
+	if (ctr == NULL) {
+		stock_table_read_end(app->many, &sec);
+		stock_breaker_close(&app->gate);
+		return http_error(c, 404, "unknown_sku", "no such SKU");
+	}
+	rc = stock_counter_set(ctr, remaining);
+	if (rc == 0)
+		rc = journal(app, sku, ctr, true);
+	stock_counter_read(ctr, &l);
+	stock_table_read_end(app->many, &sec);
+	stock_breaker_close(&app->gate);
+	if (rc == STOCK_ERANGE)
+		return http_error(c, 400, "bad_request", "sold + remaining out of range");
+	if (rc != 0)
+		return http_error(c, 503, "store_unavailable", "correction applied in memory, not durable");
+	app_log("admin: %s corrected to remaining=%llu", sku, (unsigned long long)remaining);
+	return reply_level(c, sku, &l);
+}
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+static int
+dispatch(struct app *app, struct mg_connection *c, size_t *route_out)
+{
+	const struct mg_request_info *ri = mg_get_request_info(c);
+	const char *path = ri->local_uri_raw ? ri->local_uri_raw : ri->local_uri;
+	bool path_matched = false;
+	const char *sku = NULL;
+	size_t i;
+
+	*route_out = ROUTE_UNMATCHED;
+	for (i = 0; i < NROUTES; i++) {
+		const struct route *r = &routes[i];
+		size_t pl = strlen(r->path);
+
+		if (r->sku ? strncmp(path, r->path, pl) != 0 : strcmp(path, r->path) != 0)
+			continue;
+		path_matched = true;
+		if (strcmp(ri->request_method, r->method) == 0)
+			break;
+	}
+	if (i == NROUTES) {
+		if (path_matched)
+			return http_reply(c, 405, NULL,
+			    "{\"error\":\"method_not_allowed\",\"message\":\"wrong method for this path\"}");
+		return http_error(c, 404, "not_found", "no such route");
+	}
+	*route_out = i;
+	if (routes[i].sku) {
+		sku = path + strlen(routes[i].path);
+		if (!stock_sku_valid(sku, strlen(sku)))
+			return http_error(c, 400, "bad_sku",
+			    "SKU must be 1-64 characters of A-Z a-z 0-9 . _ : -");
+	}
+	switch (routes[i].kind) {
+	case R_LIVE:
+		return http_reply(c, 200, NULL, "{\"status\":\"live\"}");
+	case R_READY:
+		if (!ck_pr_load_int(&app->ready))
+			return http_error(c, 503, "not_ready", "recovery in progress");
+		return http_reply(c, 200, NULL, "{\"status\":\"ready\",\"store\":\"%s\"}",
+		    store_healthy(app->store) ? "healthy" : "failing");
+	case R_METRICS: {
+		enum { CAP = 256 * 1024 };
+		char *buf = malloc(CAP);
+		size_t n;
+
+		if (buf == NULL)
+			return http_error(c, 503, "busy", "out of memory");
+		n = app_metrics_render(app, buf, CAP);
+		mg_printf(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+		    "Content-Length: %zu\r\n\r\n", n);
+		mg_write(c, buf, n);
+		free(buf);
+		return 200;
+	}
+	default:
+		break;
+	}
+	if (!ck_pr_load_int(&app->ready))
+		return http_error(c, 503, "not_ready", "recovery in progress");
+	switch (routes[i].kind) {
+	case R_ONE_BUY:
+		return one_buy(app, c, routes[i].arg);
+	case R_ONE_PEEK: {
+		struct stock_level l;
+		stock_counter_read(&app->one[routes[i].arg].counter, &l);
+		return reply_level(c, app->one[routes[i].arg].doc_id, &l);
+	}
+	case R_MANY_BUY:
+		return many_buy(app, c, sku);
+	case R_MANY_PEEK:
+		return many_peek(app, c, sku);
+	default:
+		break;
+	}
+	/* Everything below needs the admin token. */
+	if (!http_token_ok(app, c))
+		return http_error(c, 401, "unauthorized", "missing or wrong bearer token");
+	switch (routes[i].kind) {
+	case R_UTIL_OPEN:
+		stock_breaker_close(&app->gate);
+		app_log("gate opened");
+		return http_reply(c, 200, NULL, "{\"gate\":\"open\"}");
+	case R_UTIL_CLOSE:
+		stock_breaker_isolate(&app->gate);
+		app_log("gate closed");
+		return http_reply(c, 200, NULL, "{\"gate\":\"closed\"}");
+	case R_ADMIN_LIST:
+		return admin_list(app, c);
+	case R_ADMIN_SET:
+		return admin_set(app, c, sku);
+	default:
+		return http_error(c, 404, "not_found", "no such route");
+	}
+}
+
+static int
+handle(struct mg_connection *c, void *arg)
+{
+	struct app *app = arg;
+	uint64_t t0 = stock_now_ns();
+	size_t route;
+	int status = dispatch(app, c, &route);
+
+	app_metrics_observe(app, route, status, (stock_now_ns() - t0) / 1000);
+	return status;
+}
+
+int
+app_routes_install(struct app *app, struct mg_context *ctx)
+{
+	mg_set_request_handler(ctx, "/", handle, app);
+	return 0;
+}
