@@ -194,10 +194,10 @@ test-install: all
 	bash tests/install/run.sh
 
 check-tsan: deps
-	$(MAKE) VARIANT=tsan unit run-examples TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 $(TSAN_OPTIONS)"
+	$(MAKE) VARIANT=tsan unit run-examples server-test TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 $(TSAN_OPTIONS)"
 
 check-asan: deps
-	$(MAKE) VARIANT=asan unit run-examples \
+	$(MAKE) VARIANT=asan unit run-examples server-test \
 	    ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:$(ASAN_OPTIONS)" \
 	    LSAN_OPTIONS="suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0" \
 	    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:$(UBSAN_OPTIONS)"

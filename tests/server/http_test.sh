@@ -215,5 +215,14 @@ start "$TMP/d3" --repair
 expect "serves after --repair" 200 GET /api/v1/OneStock/Db/Peek
 stop9
 
+# Under `make check-tsan` / `check-asan` the server is instrumented: any
+# sanitizer report in its log fails the run.
+if grep -E -q 'WARNING: ThreadSanitizer|ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer' \
+    "$TMP/server.log" "$TMP/refuse.log" 2>/dev/null; then
+    bad "sanitizer report in the server log:"; grep -E -A20 'Sanitizer|runtime error' "$TMP/server.log" | head -60
+else
+    ok
+fi
+
 echo "server: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
