@@ -102,6 +102,8 @@ struct mg_connection;
 int http_reply(struct mg_connection *c, int status, const char *extra_headers,
     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 int http_error(struct mg_connection *c, int status, const char *code, const char *message);
+int http_send(struct mg_connection *c, int status, const char *type, const char *extra_headers,
+    const char *body, size_t len);
 int http_read_body(struct mg_connection *c, size_t max, char *buf, size_t *len);
 bool http_token_ok(const struct app *app, const struct mg_connection *c);
 int http_load_token(struct app *app, char *err, size_t errlen);

@@ -229,6 +229,7 @@ main(int argc, char **argv)
 		"keep_alive_timeout_ms", "5000",
 		"request_timeout_ms", "10000",
 		"max_request_size", "16384",
+		"tcp_nodelay", "1",
 		NULL,
 	};
 	cb.log_message = civetweb_log;

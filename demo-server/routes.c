@@ -391,9 +391,7 @@ admin_list(struct app *app, struct mg_connection *c)
 	stock_table_foreach(app->many, list_one, &x);
 	buf[x.len++] = ']';
 	buf[x.len++] = '\n';
-	mg_printf(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
-	    "Cache-Control: no-store\r\n\r\n", x.len);
-	mg_write(c, buf, x.len);
+	http_send(c, 200, "application/json", NULL, buf, x.len);
 	free(buf);
 	return 200;
 }
@@ -496,9 +494,7 @@ dispatch(struct app *app, struct mg_connection *c, size_t *route_out)
 		if (buf == NULL)
 			return http_error(c, 503, "busy", "out of memory");
 		n = app_metrics_render(app, buf, CAP);
-		mg_printf(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-		    "Content-Length: %zu\r\n\r\n", n);
-		mg_write(c, buf, n);
+		http_send(c, 200, "text/plain; version=0.0.4", NULL, buf, n);
 		free(buf);
 		return 200;
 	}
