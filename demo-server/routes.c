@@ -221,51 +221,75 @@ to_doc(struct store_doc *d, const char *id, const struct stock_level *l)
 	d->version = l->version;
 }
 
-/* Journals a counter's new state; durable waits for the group commit. */
+/* Journals a level as the SKU's new state; durable waits for the group commit. */
 static int
-journal(struct app *app, const char *id, struct stock_counter *ctr, bool durable)
+journal(struct app *app, const char *id, const struct stock_level *l, bool durable)
 {
-	struct stock_level l;
 	struct store_doc d;
 
-	stock_counter_read(ctr, &l);
-	to_doc(&d, id, &l);
+	to_doc(&d, id, l);
 	return store_append(app->store, &d, durable);
 }
 
+/*
+ * What every buy does before touching stock: parse the quantity, pass the
+ * gate. Returns 0, or the status of the error reply it already sent.
+ */
 static int
-one_buy(struct app *app, struct mg_connection *c, int idx)
+buy_admit(struct app *app, struct mg_connection *c, uint64_t *qty)
 {
-	struct app_one_item *it = &app->one[idx];
-	struct stock_breaker_token tok;
-	struct stock_level l;
 	const char *why = NULL;
-	uint64_t qty;
-	int rc, status;
+	int status;
 
-	if ((status = parse_quantity(app, c, &qty, &why)) != 0)
+	if ((status = parse_quantity(app, c, qty, &why)) != 0)
 		return http_error(c, status, status == 413 ? "too_large" :
 		    status == 503 ? "busy" : "bad_request", why);
 	if (pass_gate(app) != 0)
 		return http_error(c, 503, "gate_closed", "stock is being updated, retry shortly");
+	return 0;
+}
 
-	if (idx != APP_ONE_DB) {
-		rc = stock_counter_take(&it->counter, qty);
-		if (rc == STOCK_ESOLDOUT) {
-			stock_stat_inc(&app->buys_soldout[idx]);
-			return http_error(c, 409, "sold_out", "not enough stock remaining");
-		}
-		if (rc != 0)
-			return http_error(c, 400, "bad_request", stock_strerror(rc));
-		stock_stat_inc(&app->buys_ok[idx]);
-		/* Write-behind: queued now, on disk within one group commit. */
-		if (journal(app, it->doc_id, &it->counter, false) != 0)
-			stock_stat_inc(&app->store_rejects);
-		stock_counter_read(&it->counter, &l);
-		return reply_bought(c, it->doc_id, qty, &l);
+/*
+ * A cache buy: take from memory, then queue the new state for the next group
+ * commit (write-behind). @l receives the level after the take.
+ */
+static int
+buy_cache(struct app *app, struct stock_counter *ctr, const char *id, uint64_t qty,
+    struct stock_level *l)
+{
+	int rc = stock_counter_take(ctr, qty);
+
+	if (rc != 0)
+		return rc;
+	stock_counter_read(ctr, l);
+	if (journal(app, id, l, false) != 0)
+		stock_stat_inc(&app->store_rejects);
+	return 0;
+}
+
+/* Replies to a buy's outcome and counts it under metrics slot @slot. */
+static int
+buy_reply(struct app *app, struct mg_connection *c, int slot, int rc, const char *sku,
+    uint64_t qty, const struct stock_level *l)
+{
+	if (rc == STOCK_ESOLDOUT) {
+		stock_stat_inc(&app->buys_soldout[slot]);
+		return http_error(c, 409, "sold_out", "not enough stock remaining");
 	}
+	if (rc != 0)
+		return http_error(c, 400, "bad_request", stock_strerror(rc));
+	stock_stat_inc(&app->buys_ok[slot]);
+	return reply_bought(c, sku, qty, l);
+}
 
-	/* Durable: acknowledged only after the record is on disk. */
+/* Durable buy: acknowledged only after the record is on disk. */
+static int
+buy_durable(struct app *app, struct mg_connection *c, struct app_one_item *it, uint64_t qty,
+    struct stock_level *l)
+{
+	struct stock_breaker_token tok;
+	int rc;
+
 	if (stock_permits_try_acquire(&app->db_inflight, 1) != 0)
 		return http_error(c, 503, "busy", "too many durable buys in flight");
 	if (stock_breaker_allow(&app->store_breaker, &tok) != 0) {
@@ -274,11 +298,8 @@ one_buy(struct app *app, struct mg_connection *c, int idx)
 	}
 	rc = stock_counter_take(&it->counter, qty);
 	if (rc == 0) {
-		struct store_doc d;
-
-		stock_counter_read(&it->counter, &l);
-		to_doc(&d, it->doc_id, &l);
-		rc = store_append(app->store, &d, true);
+		stock_counter_read(&it->counter, l);
+		rc = journal(app, it->doc_id, l, true);
 		if (rc != 0) {
 			/* Not durable: give the units back, and report it. */
 			stock_counter_put(&it->counter, qty);
@@ -295,14 +316,23 @@ one_buy(struct app *app, struct mg_connection *c, int idx)
 	}
 	stock_breaker_success(&app->store_breaker, tok);
 	stock_permits_release(&app->db_inflight, 1);
-	if (rc == STOCK_ESOLDOUT) {
-		stock_stat_inc(&app->buys_soldout[idx]);
-		return http_error(c, 409, "sold_out", "not enough stock remaining");
-	}
-	if (rc != 0)
-		return http_error(c, 400, "bad_request", stock_strerror(rc));
-	stock_stat_inc(&app->buys_ok[idx]);
-	return reply_bought(c, it->doc_id, qty, &l);
+	return buy_reply(app, c, APP_ONE_DB, rc, it->doc_id, qty, l);
+}
+
+static int
+one_buy(struct app *app, struct mg_connection *c, int idx)
+{
+	struct app_one_item *it = &app->one[idx];
+	struct stock_level l;
+	uint64_t qty;
+	int status;
+
+	if ((status = buy_admit(app, c, &qty)) != 0)
+		return status;
+	if (idx == APP_ONE_DB)
+		return buy_durable(app, c, it, qty, &l);
+	return buy_reply(app, c, idx, buy_cache(app, &it->counter, it->doc_id, qty, &l),
+	    it->doc_id, qty, &l);
 }
 
 static int
@@ -311,37 +341,19 @@ many_buy(struct app *app, struct mg_connection *c, const char *sku)
 	struct stock_table_section sec;
 	struct stock_counter *ctr;
 	struct stock_level l;
-	const char *why = NULL;
 	uint64_t qty;
 	int rc, status;
 
-	if ((status = parse_quantity(app, c, &qty, &why)) != 0)
-		return http_error(c, status, status == 413 ? "too_large" :
-		    status == 503 ? "busy" : "bad_request", why);
-	if (pass_gate(app) != 0)
-		return http_error(c, 503, "gate_closed", "stock is being updated, retry shortly");
+	if ((status = buy_admit(app, c, &qty)) != 0)
+		return status;
 	if (stock_table_read_begin(app->many, &sec) != 0)
 		return http_error(c, 503, "busy", "out of memory");
 	ctr = stock_table_lookup(app->many, sku, strlen(sku));
-	if (ctr == NULL) {
-		stock_table_read_end(app->many, &sec);
-		return http_error(c, 404, "unknown_sku", "no such SKU");
-	}
-	rc = stock_counter_take(ctr, qty);
-	if (rc == 0) {
-		if (journal(app, sku, ctr, false) != 0)
-			stock_stat_inc(&app->store_rejects);
-		stock_counter_read(ctr, &l);
-	}
+	rc = ctr == NULL ? STOCK_ENOENT : buy_cache(app, ctr, sku, qty, &l);
 	stock_table_read_end(app->many, &sec);
-	if (rc == STOCK_ESOLDOUT) {
-		stock_stat_inc(&app->buys_soldout[APP_ONE_COUNT]);
-		return http_error(c, 409, "sold_out", "not enough stock remaining");
-	}
-	if (rc != 0)
-		return http_error(c, 400, "bad_request", stock_strerror(rc));
-	stock_stat_inc(&app->buys_ok[APP_ONE_COUNT]);
-	return reply_bought(c, sku, qty, &l);
+	if (rc == STOCK_ENOENT)
+		return http_error(c, 404, "unknown_sku", "no such SKU");
+	return buy_reply(app, c, APP_ONE_COUNT, rc, sku, qty, &l);
 }
 
 static int
@@ -430,9 +442,9 @@ admin_set(struct app *app, struct mg_connection *c, const char *sku)
 		return http_error(c, 404, "unknown_sku", "no such SKU");
 	}
 	rc = stock_counter_set(ctr, remaining);
-	if (rc == 0)
-		rc = journal(app, sku, ctr, true);
 	stock_counter_read(ctr, &l);
+	if (rc == 0)
+		rc = journal(app, sku, &l, true);
 	stock_table_read_end(app->many, &sec);
 	stock_breaker_close(&app->gate);
 	if (rc == STOCK_ERANGE)
