@@ -162,6 +162,30 @@ doc_newer(const struct store_doc *a, const struct store_doc *b)
 }
 
 /*
+ * Frames the built document @b as a record in @rec (magic, length, BSON;
+ * batch and flags are left for rec_seal) and destroys @b. @ok is false when
+ * building @b failed. Returns the record length and the CRC of its BSON
+ * part, STOCK_ENOMEM, or @too_big when @b does not fit in REC_ENC_MAX.
+ */
+static int
+rec_frame(uint8_t *rec, bson_t *b, bool ok, int too_big, uint32_t *bson_crc)
+{
+	uint32_t len;
+
+	if (!ok || b->len > REC_ENC_MAX - REC_HDR) {
+		bson_destroy(b);
+		return ok ? too_big : STOCK_ENOMEM;
+	}
+	len = b->len;
+	memcpy(rec, REC_MAGIC, 4);
+	put32(rec + 8, len);
+	memcpy(rec + REC_HDR, bson_get_data(b), len);
+	bson_destroy(b);
+	*bson_crc = crc32c(0, rec + REC_HDR, len);
+	return (int)(REC_HDR + len);
+}
+
+/*
  * Encode @doc (already checked) as a record into @rec (REC_ENC_MAX bytes),
  * batch and flags left for rec_seal. Returns the record length and the CRC
  * of its BSON part, or STOCK_ENOMEM / STOCK_EINVAL.
@@ -170,7 +194,6 @@ static int
 rec_encode(const struct store_doc *doc, uint8_t *rec, uint32_t *bson_crc)
 {
 	bson_t b;
-	uint32_t len;
 	bool ok;
 
 	bson_init(&b);
@@ -178,17 +201,7 @@ rec_encode(const struct store_doc *doc, uint8_t *rec, uint32_t *bson_crc)
 	    bson_append_int64(&b, "stock", 5, (int64_t)doc->stock) &&
 	    bson_append_int64(&b, "sold", 4, (int64_t)doc->sold) &&
 	    bson_append_int64(&b, "version", 7, (int64_t)doc->version);
-	if (!ok || b.len > REC_ENC_MAX - REC_HDR) {
-		bson_destroy(&b);
-		return ok ? STOCK_EINVAL : STOCK_ENOMEM;
-	}
-	len = b.len;
-	memcpy(rec, REC_MAGIC, 4);
-	put32(rec + 8, len);
-	memcpy(rec + REC_HDR, bson_get_data(&b), len);
-	bson_destroy(&b);
-	*bson_crc = crc32c(0, rec + REC_HDR, len);
-	return (int)(REC_HDR + len);
+	return rec_frame(rec, &b, ok, STOCK_EINVAL, bson_crc);
 }
 
 /* A non-negative int32/int64 field no larger than @max; false otherwise. */
@@ -1060,7 +1073,6 @@ static int
 snap_meta_encode(uint8_t *rec, uint64_t gen, uint64_t count, uint32_t *bson_crc)
 {
 	bson_t b;
-	uint32_t len;
 	bool ok;
 
 	bson_init(&b);
@@ -1068,17 +1080,7 @@ snap_meta_encode(uint8_t *rec, uint64_t gen, uint64_t count, uint32_t *bson_crc)
 	    bson_append_int32(&b, "format_version", 14, SNAP_FORMAT_VERSION) &&
 	    bson_append_int64(&b, "journal", 7, (int64_t)gen) &&
 	    bson_append_int64(&b, "count", 5, (int64_t)count);
-	if (!ok || b.len > REC_ENC_MAX - REC_HDR) {
-		bson_destroy(&b);
-		return STOCK_ENOMEM;
-	}
-	len = b.len;
-	memcpy(rec, REC_MAGIC, 4);
-	put32(rec + 8, len);
-	memcpy(rec + REC_HDR, bson_get_data(&b), len);
-	bson_destroy(&b);
-	*bson_crc = crc32c(0, rec + REC_HDR, len);
-	return (int)(REC_HDR + len);
+	return rec_frame(rec, &b, ok, STOCK_ENOMEM, bson_crc);
 }
 
 /* Write @docs as snapshot.bson: temp file, fdatasync, rename, directory fsync. */
