@@ -90,10 +90,10 @@ CIVETWEB_LIBS := -lcivetweb
 
 # Debian packages the library, its tests and its benchmarks need.
 DEPS_PKGS := gcc libc6-dev binutils make pkg-config libck-dev libcriterion-dev libbson-dev \
-             libcivetweb-dev curl
+             libcivetweb-dev curl wrk siege redis-server redis-tools
 
 .PHONY: all run lib static shared examples run-examples test unit check server-test check-tsan check-asan \
-        bench bench-store install uninstall deps clean test-install
+        bench bench-store bench-http install uninstall deps clean test-install
 
 all: lib examples $(SERVER_BIN)
 
@@ -207,6 +207,17 @@ export TSAN_OPTIONS ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS
 bench: deps
 	$(MAKE) $(BENCH_BIN)
 	$(BENCH_BIN)
+
+BARE_BIN := $(O)/bench/bare_civetweb
+$(BARE_BIN): tests/bench/bare_civetweb.c
+	@mkdir -p $(@D)
+	$(CC) $(APPCFLAGS) $< -o $@ $(SANLDFLAGS) $(LDFLAGS) $(CIVETWEB_LIBS) $(LIBS_PRIV)
+
+# The demo server against a bare civetweb handler and Redis (appendfsync
+# always), measured in the same run. Needs wrk and redis-server (make deps).
+bench-http: deps
+	$(MAKE) $(SERVER_BIN) $(BARE_BIN)
+	bash tests/bench/bench_http.sh $(SERVER_BIN) $(BARE_BIN)
 
 # Group commit of the embedded store against one write+fdatasync per append.
 # Run on a real disk (BENCH_STORE_DIR), not tmpfs.

@@ -1,0 +1,81 @@
+/*
+ * The reference for `make bench-http`: a bare civetweb server whose one
+ * handler does the same floor-checked atomic decrement as Cache/Atomic/Buy,
+ * without libstock, routing, parsing, metrics or journaling, and answers a
+ * JSON body of similar size in one write (same civetweb options as the demo
+ * server). What the demo server costs is its ratio to this.
+ *
+ *   bare_civetweb PORT THREADS
+ */
+#include <civetweb.h>
+#include <ck_pr.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static uint64_t remaining = UINT64_MAX / 2;
+static volatile sig_atomic_t stop;
+
+static int
+buy(struct mg_connection *c, void *arg)
+{
+	char resp[256];
+	uint64_t cur = ck_pr_load_64(&remaining);
+	int n, status = 200;
+
+	(void)arg;
+	do {
+		if (cur < 1) {
+			status = 409;
+			break;
+		}
+	} while (!ck_pr_cas_64_value(&remaining, cur, cur - 1, &cur));
+	char body[128];
+	int b = snprintf(body, sizeof body,
+	    "{\"ok\":true,\"sku\":\"bare\",\"quantity\":1,\"remaining\":%llu,\"sold\":0,\"version\":0}\n",
+	    (unsigned long long)(cur - 1));
+	n = snprintf(resp, sizeof resp,
+	    "HTTP/1.1 %d OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+	    "Cache-Control: no-store\r\n\r\n%s",
+	    status, b, body);
+	mg_write(c, resp, (size_t)n);
+	return status;
+}
+
+static void
+on_signal(int s)
+{
+	(void)s;
+	stop = 1;
+}
+
+int
+main(int argc, char **argv)
+{
+	char ports[64];
+	struct mg_context *ctx;
+
+	if (argc != 3) {
+		fprintf(stderr, "usage: %s PORT THREADS\n", argv[0]);
+		return 2;
+	}
+	snprintf(ports, sizeof ports, "127.0.0.1:%s", argv[1]);
+	const char *opts[] = { "listening_ports", ports, "num_threads", argv[2],
+		"enable_keep_alive", "yes", "keep_alive_timeout_ms", "5000",
+		"request_timeout_ms", "10000", "tcp_nodelay", "1", NULL };
+	mg_init_library(0);
+	if ((ctx = mg_start(NULL, NULL, opts)) == NULL) {
+		fprintf(stderr, "bare_civetweb: cannot listen on %s\n", ports);
+		return 1;
+	}
+	mg_set_request_handler(ctx, "/buy", buy, NULL);
+	signal(SIGTERM, on_signal);
+	signal(SIGINT, on_signal);
+	fprintf(stderr, "bare_civetweb: listening on %s\n", ports);
+	while (!stop)
+		usleep(100000);
+	mg_stop(ctx);
+	return 0;
+}
