@@ -408,15 +408,19 @@ admin_list(struct app *app, struct mg_connection *c)
 	return 200;
 }
 
-/* Authoritative correction of one SKU: the gate is closed while it applies. */
+/*
+ * Admin change of one SKU: {"remaining": n} is an authoritative correction,
+ * applied with the gate closed (the seed's phase 3); {"restock": n} adds n
+ * new units atomically, concurrent buys keep going. Both are made durable.
+ */
 static int
 admin_set(struct app *app, struct mg_connection *c, const char *sku)
 {
 	char body[4096];
 	size_t len;
-	uint64_t remaining;
-	bool found;
-	const char *why = "body must be {\"remaining\": <integer>}";
+	uint64_t n = 0;
+	bool correction = false, restock = false;
+	const char *why = "body must be {\"remaining\": <integer>} or {\"restock\": <integer>}";
 	struct stock_counter *ctr = NULL;
 	struct stock_table_section sec;
 	struct stock_level l;
@@ -424,13 +428,15 @@ admin_set(struct app *app, struct mg_connection *c, const char *sku)
 
 	if ((rc = http_read_body(c, sizeof body - 1, body, &len)) != 0)
 		return http_error(c, rc, rc == 413 ? "too_large" : "bad_request", "bad body");
-	if (json_uint_field(body, len, "remaining", &remaining, &found, &why) != 0 || !found)
+	if (json_uint_field(body, len, "remaining", &n, &correction, &why) != 0 &&
+	    json_uint_field(body, len, "restock", &n, &restock, &why) != 0)
 		return http_error(c, 400, "bad_request", why);
-	if (remaining > STOCK_COUNT_MAX)
-		return http_error(c, 400, "bad_request", "remaining out of range");
+	if (!correction && !restock)
+		return http_error(c, 400, "bad_request", why);
+	if (n > STOCK_COUNT_MAX || (restock && n == 0))
+		return http_error(c, 400, "bad_request", "count out of range");
 	if (stock_table_read_begin(app->many, &sec) != 0)
 		return http_error(c, 503, "busy", "out of memory");
-	stock_breaker_isolate(&app->gate);
 	for (i = 0; i < APP_ONE_COUNT && ctr == NULL; i++)
 		if (strcmp(sku, app->one[i].doc_id) == 0)
 			ctr = &app->one[i].counter;
@@ -438,20 +444,26 @@ admin_set(struct app *app, struct mg_connection *c, const char *sku)
 		ctr = stock_table_lookup(app->many, sku, strlen(sku));
 	if (ctr == NULL) {
 		stock_table_read_end(app->many, &sec);
-		stock_breaker_close(&app->gate);
 		return http_error(c, 404, "unknown_sku", "no such SKU");
 	}
-	rc = stock_counter_set(ctr, remaining);
+	if (correction) {
+		stock_breaker_isolate(&app->gate);
+		rc = stock_counter_set(ctr, n);
+	} else {
+		rc = stock_counter_restock(ctr, n);
+	}
 	stock_counter_read(ctr, &l);
 	if (rc == 0)
 		rc = journal(app, sku, &l, true);
 	stock_table_read_end(app->many, &sec);
-	stock_breaker_close(&app->gate);
+	if (correction)
+		stock_breaker_close(&app->gate);
 	if (rc == STOCK_ERANGE)
 		return http_error(c, 400, "bad_request", "sold + remaining out of range");
 	if (rc != 0)
-		return http_error(c, 503, "store_unavailable", "correction applied in memory, not durable");
-	app_log("admin: %s corrected to remaining=%llu", sku, (unsigned long long)remaining);
+		return http_error(c, 503, "store_unavailable", "applied in memory, not durable");
+	app_log("admin: %s %s %llu", sku, correction ? "corrected to remaining" : "restocked by",
+	    (unsigned long long)n);
 	return reply_level(c, sku, &l);
 }
 

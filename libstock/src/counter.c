@@ -114,6 +114,34 @@ stock_atomic_set(struct stock_atomic *c, uint64_t remaining)
 	return rc;
 }
 
+/*
+ * Restock only raises A, which takes read as a lower bound anyway; it runs
+ * under the set lock with `seq` odd so readers never pair the new A with a
+ * (T, P) read before it.
+ */
+int
+stock_atomic_restock(struct stock_atomic *c, uint64_t n)
+{
+	int rc = 0;
+
+	if (c == NULL || n == 0 || n > STOCK_COUNT_MAX)
+		return c == NULL || n == 0 ? STOCK_EINVAL : STOCK_ERANGE;
+	if (pthread_mutex_lock(&c->set_lock) != 0)
+		return STOCK_ESYS;
+	/* total = A - W, and both only change under this lock. */
+	if (c->added - c->written_off + n > STOCK_COUNT_MAX) {
+		rc = STOCK_ERANGE;
+	} else {
+		ck_pr_store_32(&c->seq, c->seq + 1);
+		ck_pr_fence_store();
+		ck_pr_store_64(&c->added, c->added + n);
+		ck_pr_fence_store();
+		ck_pr_store_32(&c->seq, c->seq + 1);
+	}
+	pthread_mutex_unlock(&c->set_lock);
+	return rc;
+}
+
 /* ---------------------------------------------------------------------- */
 /* Plain-state operations shared by the locked and signaled counters.     */
 /* The caller holds the strategy's mutual exclusion.                      */
@@ -151,6 +179,16 @@ stock__plain_set(struct stock__plain s, uint64_t remaining)
 	if (*s.sold + remaining > STOCK_COUNT_MAX)
 		return STOCK_ERANGE;
 	*s.remaining = remaining;
+	(*s.version)++;
+	return 0;
+}
+
+static int
+stock__plain_restock(struct stock__plain s, uint64_t n)
+{
+	if (*s.sold + *s.remaining + n > STOCK_COUNT_MAX)
+		return STOCK_ERANGE;
+	*s.remaining += n;
 	(*s.version)++;
 	return 0;
 }
@@ -235,6 +273,21 @@ stock_locked_set(struct stock_locked *c, uint64_t remaining)
 		return STOCK_ERANGE;
 	pthread_mutex_lock(&c->lock);
 	rc = stock__plain_set(STOCK__LOCKED_PLAIN(c), remaining);
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+int
+stock_locked_restock(struct stock_locked *c, uint64_t n)
+{
+	int rc;
+
+	if (c == NULL || n == 0)
+		return STOCK_EINVAL;
+	if (n > STOCK_COUNT_MAX)
+		return STOCK_ERANGE;
+	pthread_mutex_lock(&c->lock);
+	rc = stock__plain_restock(STOCK__LOCKED_PLAIN(c), n);
 	pthread_mutex_unlock(&c->lock);
 	return rc;
 }
@@ -331,6 +384,22 @@ stock_signaled_set(struct stock_signaled *c, uint64_t remaining)
 	if ((rc = stock__turn_begin(c)) != 0)
 		return rc;
 	rc = stock__plain_set(STOCK__SIGNALED_PLAIN(c), remaining);
+	stock__turn_end(c);
+	return rc;
+}
+
+int
+stock_signaled_restock(struct stock_signaled *c, uint64_t n)
+{
+	int rc;
+
+	if (c == NULL || n == 0)
+		return STOCK_EINVAL;
+	if (n > STOCK_COUNT_MAX)
+		return STOCK_ERANGE;
+	if ((rc = stock__turn_begin(c)) != 0)
+		return rc;
+	rc = stock__plain_restock(STOCK__SIGNALED_PLAIN(c), n);
 	stock__turn_end(c);
 	return rc;
 }

@@ -159,6 +159,10 @@ wait "$opener"
 echo "== admin correction"
 expect "correct NVDA" 200 POST /api/v1/Admin/Stock/NVDA "${AUTH[@]}" -d '{"remaining":7}'
 [ "$(field remaining)" = 7 ] && [ "$(field sold)" = 5 ] && ok || bad "correction: $BODY"
+expect "restock NVDA" 200 POST /api/v1/Admin/Stock/NVDA "${AUTH[@]}" -d '{"restock":3}'
+[ "$(field remaining)" = 10 ] && [ "$(field sold)" = 5 ] && ok || bad "restock: $BODY"
+expect "restock 0" 400 POST /api/v1/Admin/Stock/NVDA "${AUTH[@]}" -d '{"restock":0}'
+expect "both fields" 400 POST /api/v1/Admin/Stock/NVDA "${AUTH[@]}" -d '{"restock":1,"remaining":2}'
 expect "correct unknown" 404 POST /api/v1/Admin/Stock/GOOG "${AUTH[@]}" -d '{"remaining":7}'
 expect "correct bad body" 400 POST /api/v1/Admin/Stock/NVDA "${AUTH[@]}" -d '{"remaining":"x"}'
 kill -TERM "$PID"; wait "$PID"; rc=$?; PID=

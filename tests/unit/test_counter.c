@@ -183,3 +183,78 @@ Test(torture, signal_8_threads, .timeout = 120) { torture_run(torture_counter_op
 Test(torture, atomic_16_threads_small_stock, .timeout = 120) { torture_run(torture_counter_ops(STOCK_STRATEGY_ATOMIC), 16, 100); }
 Test(torture, signal_16_threads_small_stock, .timeout = 120) { torture_run(torture_counter_ops(STOCK_STRATEGY_SIGNAL), 16, 100); }
 Test(torture, table_sku_8_threads, .timeout = 120) { torture_run(torture_table_ops(), 8, 20000); }
+
+Test(counter, restock_contract)
+{
+	enum stock_strategy s;
+
+	FOR_EACH_STRATEGY(s) {
+		struct stock_counter c;
+		uint64_t v;
+
+		cr_assert_eq(stock_counter_init(&c, s, 3), 0);
+		cr_expect_eq(stock_counter_take(&c, 3), 0);
+		v = version_of(&c);
+		cr_expect_eq(stock_counter_restock(&c, 10), 0);
+		expect_level(&c, 10, 3);
+		cr_expect_gt(version_of(&c), v);
+		v = version_of(&c);
+		cr_expect_eq(stock_counter_restock(&c, 0), STOCK_EINVAL);
+		cr_expect_eq(stock_counter_restock(&c, STOCK_COUNT_MAX), STOCK_ERANGE);
+		cr_expect_eq(stock_counter_restock(&c, STOCK_COUNT_MAX - 13 + 1), STOCK_ERANGE);
+		expect_level(&c, 10, 3);
+		cr_expect_eq(version_of(&c), v);
+		cr_expect_eq(stock_counter_restock(&c, STOCK_COUNT_MAX - 13), 0);
+		expect_level(&c, STOCK_COUNT_MAX - 3, 3);
+		stock_counter_destroy(&c);
+	}
+}
+
+/* Restocks racing takes: nothing a take kept is undone, nothing is invented. */
+struct restock_race {
+	struct stock_counter c;
+	uint64_t taken;   /* ck_pr */
+	int stop;         /* ck_pr */
+};
+
+static void *
+restock_taker(void *arg)
+{
+	struct restock_race *r = arg;
+
+	for (;;) {
+		if (stock_counter_take(&r->c, 1) == 0)
+			ck_pr_inc_64(&r->taken);
+		else if (ck_pr_load_int(&r->stop))
+			break; /* sold out after the last restock: drained */
+	}
+	return NULL;
+}
+
+Test(counter, restock_races_takes, .timeout = 60)
+{
+	enum stock_strategy s;
+
+	FOR_EACH_STRATEGY(s) {
+		struct restock_race r = { .taken = 0, .stop = 0 };
+		struct stock_level l;
+		pthread_t t[4];
+
+		cr_assert_eq(stock_counter_init(&r.c, s, 100), 0);
+		for (int i = 0; i < 4; i++)
+			pthread_create(&t[i], NULL, restock_taker, &r);
+		for (int k = 0; k < 200; k++)
+			cr_assert_eq(stock_counter_restock(&r.c, 50), 0);
+		ck_pr_store_int(&r.stop, 1);
+		for (int i = 0; i < 4; i++)
+			pthread_join(t[i], NULL);
+		cr_assert_eq(stock_counter_read(&r.c, &l), 0);
+		cr_expect_eq(l.sold + l.remaining, 100 + 200 * 50, "%s: total %llu",
+		    stock_strategy_name(s), (unsigned long long)(l.sold + l.remaining));
+		cr_expect_eq(l.sold, r.taken, "%s: sold %llu, takers kept %llu",
+		    stock_strategy_name(s), (unsigned long long)l.sold, (unsigned long long)r.taken);
+		cr_expect_eq(l.remaining, 0, "%s: takers stopped with %llu left",
+		    stock_strategy_name(s), (unsigned long long)l.remaining);
+		stock_counter_destroy(&r.c);
+	}
+}

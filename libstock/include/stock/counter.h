@@ -9,8 +9,10 @@
  *            changes. Never oversells, under any interleaving.
  *   put(n)   refunds n units (sold -= n, remaining += n); more than was sold
  *            is refused with STOCK_EREFUND and nothing changes.
- *   set(r)   authoritative correction / restock: remaining becomes r at one
- *            instant during the call, sold is kept, total = sold + r.
+ *   set(r)   authoritative correction: remaining becomes r at one instant
+ *            during the call, sold is kept, total = sold + r.
+ *   restock(n) delivery of n new units: remaining += n and total += n at one
+ *            instant (unlike a read-then-set, concurrent takes are kept).
  *   read()   a consistent {remaining, sold, version} taken at one instant.
  *
  * `version` strictly increases with every successful take, put and set (the
@@ -110,6 +112,15 @@ STOCK_EXTERN void stock_atomic_destroy(struct stock_atomic *c);
  * @remaining, would exceed STOCK_COUNT_MAX (nothing changes). Thread-safe.
  */
 STOCK_EXTERN int stock_atomic_set(struct stock_atomic *c, uint64_t remaining);
+
+/**
+ * stock_atomic_restock - add @n new units: remaining += n, total += n.
+ *
+ * Returns 0, STOCK_EINVAL (@n == 0 or NULL), or STOCK_ERANGE if the total
+ * would exceed STOCK_COUNT_MAX (nothing changes). Serialised with set();
+ * takes and puts stay lock-free. Thread-safe.
+ */
+STOCK_EXTERN int stock_atomic_restock(struct stock_atomic *c, uint64_t n);
 
 /*
  * Bounded exponential back-off after a failed CAS (pause, not sleep): 4, 8,
@@ -269,6 +280,8 @@ STOCK_EXTERN int stock_locked_take(struct stock_locked *c, uint64_t n);
 STOCK_EXTERN int stock_locked_put(struct stock_locked *c, uint64_t n);
 /** stock_locked_set - as stock_atomic_set, under the mutex. Blocking. */
 STOCK_EXTERN int stock_locked_set(struct stock_locked *c, uint64_t remaining);
+/** stock_locked_restock - as stock_atomic_restock, under the mutex. Blocking. */
+STOCK_EXTERN int stock_locked_restock(struct stock_locked *c, uint64_t n);
 /** stock_locked_read - as stock_atomic_read, under the mutex. Blocking. */
 STOCK_EXTERN int stock_locked_read(struct stock_locked *c, struct stock_level *out);
 
@@ -299,6 +312,8 @@ STOCK_EXTERN int stock_signaled_take(struct stock_signaled *c, uint64_t n);
 STOCK_EXTERN int stock_signaled_put(struct stock_signaled *c, uint64_t n);
 /** stock_signaled_set - as stock_atomic_set; waits (sleeping) for the turn. */
 STOCK_EXTERN int stock_signaled_set(struct stock_signaled *c, uint64_t remaining);
+/** stock_signaled_restock - as stock_atomic_restock; waits (sleeping) for the turn. */
+STOCK_EXTERN int stock_signaled_restock(struct stock_signaled *c, uint64_t n);
 /** stock_signaled_read - as stock_atomic_read; waits (sleeping) for the turn. */
 STOCK_EXTERN int stock_signaled_read(struct stock_signaled *c, struct stock_level *out);
 
@@ -386,6 +401,21 @@ stock_counter_set(struct stock_counter *c, uint64_t remaining)
 		return stock_locked_set(&c->u.locked, remaining);
 	case STOCK_STRATEGY_SIGNAL:
 		return stock_signaled_set(&c->u.signaled, remaining);
+	}
+	return STOCK_EINVAL;
+}
+
+/** stock_counter_restock - the strategy's restock (remaining and total += n). */
+STOCK_INLINE int
+stock_counter_restock(struct stock_counter *c, uint64_t n)
+{
+	switch (c->strategy) {
+	case STOCK_STRATEGY_ATOMIC:
+		return stock_atomic_restock(&c->u.atomic, n);
+	case STOCK_STRATEGY_LOCKED:
+		return stock_locked_restock(&c->u.locked, n);
+	case STOCK_STRATEGY_SIGNAL:
+		return stock_signaled_restock(&c->u.signaled, n);
 	}
 	return STOCK_EINVAL;
 }
