@@ -170,15 +170,27 @@ kill -TERM "$PID"; wait "$PID"; rc=$?; PID=
 
 echo "== concurrent buyers until sold out: sold == initial exactly, then 409"
 start "$TMP/d2" --initial-stock 300
-for s in Db Cache/Atomic Cache/Signal Cache/Lock; do
+for s in OneStock/Db OneStock/Cache/Atomic OneStock/Cache/Signal OneStock/Cache/Lock ManyStock:TSLA; do
+    buy=$s/Buy peek=$s/Peek
+    case $s in ManyStock:*) buy=ManyStock/Cache/BuyFastAtomic/TSLA peek=ManyStock/Cache/PeekFastAtomic/TSLA ;; esac
     seq 1 400 | xargs -P 8 -I{} curl -s -o /dev/null -w '%{http_code}\n' -X POST \
-        "http://127.0.0.1:$PORT/api/v1/OneStock/$s/Buy" > "$TMP/codes"
+        "http://127.0.0.1:$PORT/api/v1/$buy" > "$TMP/codes"
     n200=$(grep -c '^200$' "$TMP/codes"); n409=$(grep -c '^409$' "$TMP/codes")
-    req GET "/api/v1/OneStock/${s}/Peek"
+    req GET "/api/v1/$peek"
     if [ "$n200" = 300 ] && [ "$n409" = 100 ] && [ "$(field sold)" = 300 ] && [ "$(field remaining)" = 0 ]; then ok
     else bad "$s: 200s=$n200 409s=$n409 peek=$BODY"; fi
 done
 stop9
+
+echo "== the seed's siege commands, unchanged (tests/load/siege.sh)"
+if command -v siege >/dev/null; then
+    start "$TMP/d4" --initial-stock 10000000
+    out=$(bash "$(dirname "$0")/../load/siege.sh" "http://127.0.0.1:$PORT" 2>&1) && ok || bad "siege: $out"
+    echo "$out" | sed 's/^/   /'
+    stop9
+else
+    bad "siege is not installed (make deps installs it)"
+fi
 
 echo "== durability: acknowledged Db buys survive kill -9"
 start "$TMP/d3" --initial-stock 100000
