@@ -212,7 +212,13 @@ main(int argc, char **argv)
 		app_log("admin token: %s", err);
 		return 1;
 	}
+	/* Store breaker: 3 failed durable writes in a row open it; it stays open
+	 * 500 ms, doubling up to 10 s while probes keep failing. */
 	stock_breaker_config_default(&bc);
+	bc.failure_threshold = 3;
+	bc.open_ns = 500ULL * 1000 * 1000;
+	bc.max_open_ns = 10ULL * 1000 * 1000 * 1000;
+	bc.backoff_mult = 2;
 	if (stock_breaker_init(&app.gate, NULL) != 0 || stock_breaker_init(&app.store_breaker, &bc) != 0 ||
 	    stock_permits_init(&app.db_inflight, app.cfg.db_inflight) != 0 ||
 	    app_metrics_init(&app) != 0 || build_catalog(&app) != 0) {
