@@ -68,6 +68,14 @@ struct app_route_stats {
 	struct stock_stat latency_sum_us;
 };
 
+/* ---- run-time tunables (published as an RCU snapshot) -------------------- */
+
+/* Immutable once published; /api/v1/Admin/Config publishes a new copy. */
+struct app_tunables {
+	unsigned gate_wait_ms;  /* starts as --gate-wait-ms */
+	uint64_t max_quantity;  /* starts as --max-quantity */
+};
+
 /* ---- the application ------------------------------------------------------- */
 
 struct app {
@@ -78,6 +86,7 @@ struct app {
 	struct stock_breaker gate;      /* isolated by /Util/Close */
 	struct stock_breaker store_breaker; /* trips on store failures */
 	struct stock_permits db_inflight;
+	struct stock_snapshot tunables; /* struct app_tunables, read lock-free per request */
 	char token[65];                 /* admin bearer token */
 	int ready;                      /* ck_pr: recovery finished, serving */
 	struct app_route_stats *route_stats; /* one per route (routes.c) */
@@ -85,6 +94,9 @@ struct app {
 	struct stock_stat buys_soldout[APP_ONE_COUNT + 1];
 	struct stock_stat store_rejects;
 };
+
+/* A copy of the current tunables (one lock-free read section). */
+void app_tunables_get(struct app *app, struct app_tunables *out);
 
 /* routes.c */
 int app_routes_install(struct app *app, struct mg_context *ctx);

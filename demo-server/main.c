@@ -160,6 +160,46 @@ build_catalog(struct app *app)
 	return 0;
 }
 
+/* ---- tunables ------------------------------------------------------------ */
+
+void
+app_tunables_get(struct app *app, struct app_tunables *out)
+{
+	struct stock_snapshot_section sec;
+	const struct app_tunables *t = stock_snapshot_read_begin(&app->tunables, &sec);
+
+	if (t == NULL) { /* out of memory registering this thread: the start-up values */
+		out->gate_wait_ms = app->cfg.gate_wait_ms;
+		out->max_quantity = app->cfg.max_quantity;
+		return;
+	}
+	*out = *t;
+	stock_snapshot_read_end(&app->tunables, &sec);
+}
+
+static void
+tunables_free(void *obj, void *arg)
+{
+	(void)arg;
+	free(obj);
+}
+
+static int
+tunables_init(struct app *app)
+{
+	struct app_tunables *t = malloc(sizeof *t);
+
+	if (t == NULL)
+		return -1;
+	t->gate_wait_ms = app->cfg.gate_wait_ms;
+	t->max_quantity = app->cfg.max_quantity;
+	if (stock_snapshot_init(&app->tunables, t, tunables_free, NULL) != 0) {
+		free(t);
+		return -1;
+	}
+	return 0;
+}
+
 /* ---- main ------------------------------------------------------------------ */
 
 static int
@@ -221,7 +261,7 @@ main(int argc, char **argv)
 	bc.backoff_mult = 2;
 	if (stock_breaker_init(&app.gate, NULL) != 0 || stock_breaker_init(&app.store_breaker, &bc) != 0 ||
 	    stock_permits_init(&app.db_inflight, app.cfg.db_inflight) != 0 ||
-	    app_metrics_init(&app) != 0 || build_catalog(&app) != 0) {
+	    tunables_init(&app) != 0 || app_metrics_init(&app) != 0 || build_catalog(&app) != 0) {
 		app_log("start-up failed");
 		return 1;
 	}

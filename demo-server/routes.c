@@ -16,7 +16,8 @@
 #include "app.h"
 
 enum route_kind { R_ONE_BUY, R_ONE_PEEK, R_MANY_BUY, R_MANY_PEEK, R_UTIL_OPEN, R_UTIL_CLOSE,
-	R_LIVE, R_READY, R_METRICS, R_ADMIN_LIST, R_ADMIN_SET };
+	R_LIVE, R_READY, R_METRICS, R_ADMIN_LIST, R_ADMIN_SET, R_ADMIN_CONFIG_GET,
+	R_ADMIN_CONFIG_SET };
 
 struct route {
 	const char *method;
@@ -45,6 +46,8 @@ static const struct route routes[] = {
 	{ "GET", "/metrics", false, R_METRICS, 0, "metrics" },
 	{ "GET", "/api/v1/Admin/Stock", false, R_ADMIN_LIST, 0, "Admin/Stock" },
 	{ "POST", "/api/v1/Admin/Stock/", true, R_ADMIN_SET, 0, "Admin/Stock/{sku}" },
+	{ "GET", "/api/v1/Admin/Config", false, R_ADMIN_CONFIG_GET, 0, "Admin/Config" },
+	{ "POST", "/api/v1/Admin/Config", false, R_ADMIN_CONFIG_SET, 0, "Admin/Config" },
 };
 #define NROUTES (sizeof routes / sizeof routes[0])
 #define ROUTE_UNMATCHED NROUTES /* metrics slot for 404/405 */
@@ -126,7 +129,8 @@ json_uint_field(const char *body, size_t len, const char *key, uint64_t *out, bo
 
 /* Quantity from the JSON body or ?quantity=; default 1. 0 or an HTTP status. */
 static int
-parse_quantity(struct app *app, struct mg_connection *c, uint64_t *qty, const char **why)
+parse_quantity(struct app *app, struct mg_connection *c, uint64_t max_quantity, uint64_t *qty,
+    const char **why)
 {
 	const struct mg_request_info *ri = mg_get_request_info(c);
 	char small[4097], *body = small;
@@ -172,7 +176,7 @@ parse_quantity(struct app *app, struct mg_connection *c, uint64_t *qty, const ch
 	}
 	if (!found)
 		*qty = 1;
-	if (*qty == 0 || *qty > app->cfg.max_quantity) {
+	if (*qty == 0 || *qty > max_quantity) {
 		*why = "quantity must be between 1 and the configured maximum";
 		return 400;
 	}
@@ -202,13 +206,13 @@ reply_bought(struct mg_connection *c, const char *sku, uint64_t qty, const struc
 
 /* Buyers wait (bounded) while the gate is closed. 0 or 503. */
 static int
-pass_gate(struct app *app)
+pass_gate(struct app *app, unsigned wait_ms)
 {
 	struct timespec dl;
 
 	if (stock_breaker_state(&app->gate) == STOCK_BREAKER_CLOSED)
 		return 0;
-	stock_deadline_in(&dl, app->cfg.gate_wait_ms);
+	stock_deadline_in(&dl, wait_ms);
 	return stock_breaker_wait(&app->gate, &dl) == 0 ? 0 : 503;
 }
 
@@ -238,13 +242,15 @@ journal(struct app *app, const char *id, const struct stock_level *l, bool durab
 static int
 buy_admit(struct app *app, struct mg_connection *c, uint64_t *qty)
 {
+	struct app_tunables tun;
 	const char *why = NULL;
 	int status;
 
-	if ((status = parse_quantity(app, c, qty, &why)) != 0)
+	app_tunables_get(app, &tun);
+	if ((status = parse_quantity(app, c, tun.max_quantity, qty, &why)) != 0)
 		return http_error(c, status, status == 413 ? "too_large" :
 		    status == 503 ? "busy" : "bad_request", why);
-	if (pass_gate(app) != 0)
+	if (pass_gate(app, tun.gate_wait_ms) != 0)
 		return http_error(c, 503, "gate_closed", "stock is being updated, retry shortly");
 	return 0;
 }
@@ -467,6 +473,54 @@ admin_set(struct app *app, struct mg_connection *c, const char *sku)
 	return reply_level(c, sku, &l);
 }
 
+static int
+reply_config(struct mg_connection *c, const struct app_tunables *t)
+{
+	return http_reply(c, 200, NULL, "{\"gate_wait_ms\":%u,\"max_quantity\":%llu}",
+	    t->gate_wait_ms, (unsigned long long)t->max_quantity);
+}
+
+/*
+ * Run-time tunables: {"gate_wait_ms": n} or {"max_quantity": n}. A new
+ * immutable copy is published (RCU); requests already reading the old one
+ * finish with it, it is freed after a grace period.
+ */
+static int
+admin_config(struct app *app, struct mg_connection *c)
+{
+	char body[1024];
+	size_t len;
+	uint64_t v = 0;
+	bool gate = false, qty = false;
+	const char *why = "body must be {\"gate_wait_ms\": n} or {\"max_quantity\": n}";
+	struct app_tunables *t, now;
+	int rc;
+
+	if ((rc = http_read_body(c, sizeof body - 1, body, &len)) != 0)
+		return http_error(c, rc, rc == 413 ? "too_large" : "bad_request", "bad body");
+	if (json_uint_field(body, len, "gate_wait_ms", &v, &gate, &why) != 0 &&
+	    json_uint_field(body, len, "max_quantity", &v, &qty, &why) != 0)
+		return http_error(c, 400, "bad_request", why);
+	if (!gate && !qty)
+		return http_error(c, 400, "bad_request", why);
+	if ((gate && v > 600000) || (qty && (v == 0 || v > STOCK_COUNT_MAX)))
+		return http_error(c, 400, "bad_request", "value out of range");
+	if ((t = malloc(sizeof *t)) == NULL)
+		return http_error(c, 503, "busy", "out of memory");
+	app_tunables_get(app, t);
+	if (gate)
+		t->gate_wait_ms = (unsigned)v;
+	else
+		t->max_quantity = v;
+	now = *t; /* once published, t may be retired by a later publish */
+	if (stock_snapshot_publish(&app->tunables, t) != 0) {
+		free(t);
+		return http_error(c, 503, "busy", "could not publish");
+	}
+	app_log("admin: %s set to %llu", gate ? "gate_wait_ms" : "max_quantity", (unsigned long long)v);
+	return reply_config(c, &now);
+}
+
 /* ---- dispatch ------------------------------------------------------------ */
 
 static int
@@ -558,6 +612,13 @@ dispatch(struct app *app, struct mg_connection *c, size_t *route_out)
 		return admin_list(app, c);
 	case R_ADMIN_SET:
 		return admin_set(app, c, sku);
+	case R_ADMIN_CONFIG_GET: {
+		struct app_tunables t;
+		app_tunables_get(app, &t);
+		return reply_config(c, &t);
+	}
+	case R_ADMIN_CONFIG_SET:
+		return admin_config(app, c);
 	default:
 		return http_error(c, 404, "not_found", "no such route");
 	}

@@ -169,6 +169,18 @@ expect "restock 0" 400 POST /api/v1/Admin/Stock/NVDA "${AUTH[@]}" -d '{"restock"
 expect "both fields" 400 POST /api/v1/Admin/Stock/NVDA "${AUTH[@]}" -d '{"restock":1,"remaining":2}'
 expect "correct unknown" 404 POST /api/v1/Admin/Stock/GOOG "${AUTH[@]}" -d '{"remaining":7}'
 expect "correct bad body" 400 POST /api/v1/Admin/Stock/NVDA "${AUTH[@]}" -d '{"remaining":"x"}'
+echo "== run-time tunables (RCU snapshot)"
+expect "config get" 200 GET /api/v1/Admin/Config "${AUTH[@]}"
+[ "$(field max_quantity)" = 1000 ] && [ "$(field gate_wait_ms)" = 300 ] && ok || bad "config: $BODY"
+expect "config no token" 401 POST /api/v1/Admin/Config -d '{"max_quantity":2}'
+expect "config bad field" 400 POST /api/v1/Admin/Config "${AUTH[@]}" -d '{"threads":2}'
+expect "config zero quantity" 400 POST /api/v1/Admin/Config "${AUTH[@]}" -d '{"max_quantity":0}'
+expect "config max_quantity" 200 POST /api/v1/Admin/Config "${AUTH[@]}" -d '{"max_quantity":2}'
+expect "quantity above the new maximum" 400 POST /api/v1/OneStock/Cache/Atomic/Buy -d '{"quantity":3}'
+expect "quantity at the new maximum" 200 POST /api/v1/OneStock/Cache/Atomic/Buy -d '{"quantity":2}'
+expect "config gate_wait_ms" 200 POST /api/v1/Admin/Config "${AUTH[@]}" -d '{"gate_wait_ms":50}'
+[ "$(field gate_wait_ms)" = 50 ] && [ "$(field max_quantity)" = 2 ] && ok || bad "config: $BODY"
+
 kill -TERM "$PID"; wait "$PID"; rc=$?; PID=
 [ "$rc" = 0 ] && ok || bad "SIGTERM exit code $rc"
 
