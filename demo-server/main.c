@@ -243,6 +243,9 @@ main(int argc, char **argv)
 	so.data_dir = app.cfg.data_dir;
 	so.repair = app.cfg.repair;
 	so.snapshot_every = 100000;
+	/* Let a group commit wait up to 300 us to grow (measured: 46k -> 50k durable
+	 * buys/s at 64 connections vs 100 us; 1 ms is worse). */
+	so.max_delay_us = 300;
 	so.log = store_log;
 	if ((rc = store_bson_open(&app.store, &so, err, sizeof err)) != 0) {
 		app_log("cannot open the store: %s", err);
