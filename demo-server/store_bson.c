@@ -712,6 +712,16 @@ idx_apply_grow(struct index *x, const struct store_doc *doc)
 	return rc;
 }
 
+/* Applies a whole replayed batch; -1 when the index cannot grow. */
+static int
+idx_apply_all(struct index *x, const struct store_doc *docs, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (idx_apply_grow(x, &docs[i]) != 0)
+			return -1;
+	return 0;
+}
+
 /* A packed copy of the index (caller frees). NULL with *n == 0 when empty. */
 static int
 idx_copy(const struct index *x, struct store_doc **out, size_t *n)
@@ -1510,7 +1520,7 @@ replay_journal(struct store_bson *s, uint64_t gen, bool keep, char *err, size_t 
 {
 	char name[64], path[4200];
 	const uint8_t *p = NULL;
-	size_t size = 0, o = 0, batch_start = 0, cut = SIZE_MAX, bad_at = 0, bn = 0, bcap = 0, i;
+	size_t size = 0, o = 0, batch_start = 0, cut = SIZE_MAX, bad_at = 0, bn = 0, bcap = 0;
 	struct store_doc *bd = NULL; /* readable records of the unfinished batch */
 	const char *cut_why = NULL;
 	uint32_t last = 0, cur = 0;
@@ -1558,12 +1568,10 @@ replay_journal(struct store_bson *s, uint64_t gen, bool keep, char *err, size_t 
 			cur = v.batch;
 			o += v.total;
 			if (v.flags & REC_FLAG_END) {
-				for (i = 0; i < bn; i++) {
-					if (idx_apply_grow(&s->idx, &bd[i]) != 0) {
-						seterr(err, errlen, "%s: out of memory", path);
-						rc = STOCK_ENOMEM;
-						goto out;
-					}
+				if (idx_apply_all(&s->idx, bd, bn) != 0) {
+					seterr(err, errlen, "%s: out of memory", path);
+					rc = STOCK_ENOMEM;
+					goto out;
 				}
 				applied += bn;
 				bn = 0;
@@ -1600,12 +1608,10 @@ replay_journal(struct store_bson *s, uint64_t gen, bool keep, char *err, size_t 
 			goto out;
 		}
 		/* Repair: the damaged batch was committed; keep what is readable of it. */
-		for (i = 0; i < bn; i++) {
-			if (idx_apply_grow(&s->idx, &bd[i]) != 0) {
-				seterr(err, errlen, "%s: out of memory", path);
-				rc = STOCK_ENOMEM;
-				goto out;
-			}
+		if (idx_apply_all(&s->idx, bd, bn) != 0) {
+			seterr(err, errlen, "%s: out of memory", path);
+			rc = STOCK_ENOMEM;
+			goto out;
 		}
 		applied += bn;
 		bn = 0;
