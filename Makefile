@@ -75,11 +75,14 @@ CRITERION_LIBS := $(shell pkg-config --libs criterion 2>/dev/null || echo -lcrit
 
 BENCH_BIN := $(O)/bench/bench_counters
 
-# demo-server subsystems that are already in (the embedded BSON store) and
-# their tests; the HTTP server itself is the next milestone.
-BSON_CFLAGS := $(shell pkg-config --cflags libbson-1.0 2>/dev/null)
-BSON_LIBS   := $(shell pkg-config --libs libbson-1.0 2>/dev/null || echo -lbson-1.0)
-STORE_SRCS  := demo-server/store_bson.c demo-server/crc32c.c
+# demo-server: the stores and the bus are also linked into the server unit
+# tests (tests/server/test_*.c); libmongoc (MongoDB store) and hiredis (Redis
+# pub/sub) come from Debian's libmongoc-dev and libhiredis-dev.
+BSON_CFLAGS := $(shell pkg-config --cflags libbson-1.0 libmongoc-1.0 hiredis 2>/dev/null)
+BSON_LIBS   := $(shell pkg-config --libs libmongoc-1.0 libbson-1.0 hiredis 2>/dev/null || \
+                 echo -lmongoc-1.0 -lbson-1.0 -lhiredis)
+STORE_SRCS  := demo-server/store_bson.c demo-server/crc32c.c \
+               $(wildcard demo-server/store_mongo.c demo-server/bus_redis.c)
 STORE_HDRS  := $(wildcard demo-server/*.h)
 SERVER_UNIT_SRCS := $(wildcard tests/server/test_*.c)
 SERVER_UNIT_BIN  := $(O)/tests/server_unit_tests
@@ -90,7 +93,7 @@ CIVETWEB_LIBS := -lcivetweb
 
 # Debian packages the library, its tests and its benchmarks need.
 DEPS_PKGS := gcc libc6-dev binutils make pkg-config libck-dev libcriterion-dev libbson-dev \
-             libcivetweb-dev curl wrk siege redis-server redis-tools
+             libcivetweb-dev libmongoc-dev libhiredis-dev curl wrk siege redis-server redis-tools
 
 .PHONY: all run lib static shared examples run-examples test unit check server-test check-tsan check-asan \
         bench bench-store bench-http install uninstall deps clean test-install
@@ -168,9 +171,11 @@ $(BENCH_BIN): tests/bench/bench_counters.c $(STLIB) $(LIB_HDRS)
 
 UNIT_RUN := $(UNIT_BIN) $(UNIT_FLAGS)
 
+# The server unit tests get a real redis-server and MongoDB-compatible server
+# (tests/services/run.sh starts and stops them).
 unit: $(UNIT_BIN) $(SERVER_UNIT_BIN)
 	$(UNIT_RUN)
-	$(SERVER_UNIT_BIN) $(UNIT_FLAGS)
+	bash tests/services/run.sh $(SERVER_UNIT_BIN) $(UNIT_FLAGS)
 
 # Runs every example (they check their own results and exit non-zero on a miss).
 run-examples: $(EXAMPLES)
@@ -265,6 +270,8 @@ deps:
 	    $$SUDO apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@if command -v mongod >/dev/null || [ -n "$$STOCK_TEST_MONGO_URI" ]; then :; \
+	else bash tests/services/ferretdb-install.sh; fi
 
 clean:
 	rm -rf build

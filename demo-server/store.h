@@ -11,7 +11,8 @@
  * Two implementations plug into the same vtable (struct store_ops):
  *   - the embedded BSON store (store_bson.c, store_bson_open below): an
  *     append-only journal with group commit plus periodic snapshots;
- *   - the MongoDB store (a later issue).
+ *   - the MongoDB store (store_mongo.c, store_mongo_open below), which adds
+ *     the conditional updates of the Db buy and of the lease protocol.
  * Callers hold a store_t * and use only the store_* functions; they never
  * look inside. Implementations embed struct store as their first member.
  */
@@ -289,6 +290,144 @@ struct store_bson_options {
  */
 int store_bson_open(store_t **out, const struct store_bson_options *opt, char *err,
     size_t errlen);
+
+
+/* --- the MongoDB store (store_mongo.c) --------------------------------- */
+
+/*
+ * The same contract on MongoDB (libmongoc, one client pool). Documents live
+ * in database opt->database; SKUs that start with "OneStock:" in collection
+ * opt->one_collection, every other SKU in opt->many_collection. A document
+ * is {_id: sku, stock, sold, version} plus, in multi-instance use,
+ * {lost: <int64>, leases: {<host>: {granted, sold, returned, expires,
+ * reclaimed}}} (all int64 but reclaimed, a bool). store_get/store_foreach
+ * report _id, stock, sold, version and ignore the rest.
+ *
+ * store_append(doc) writes the state guarded by version: the document is
+ * replaced only when the stored one has a lower version (same tie-break as
+ * the embedded store), so it never overwrites a newer state. durable=true
+ * returns after MongoDB acknowledged the write (write concern "majority"
+ * with journal when the server is a replica set, otherwise {w:1, j:true});
+ * durable=false queues it for a background writer (STOCK_EBUSY when the
+ * queue is full). store_sync waits for that queue. store_snapshot is a
+ * no-op. store_healthy is false after a failed round trip until one
+ * succeeds. Every round trip is bounded by opt->timeout_ms.
+ */
+
+/* Longest host id (STOCK_HOST_ID): [A-Za-z0-9_-], used as a field name. */
+#define STORE_HOST_MAX 64
+/* Leases kept per document (one per instance). */
+#define STORE_LEASES_MAX 16
+
+struct store_mongo_options {
+	const char *uri;             /* required: mongodb://host:port/... */
+	const char *database;        /* default "SuperStockStore" */
+	const char *one_collection;  /* default "OneStock" */
+	const char *many_collection; /* default "ManyStock" */
+	unsigned timeout_ms;         /* per round trip (default 2000) */
+	unsigned queue_limit;        /* write-behind queue (default 4096) */
+	void (*log)(void *log_arg, const char *msg); /* NULL: stderr */
+	void *log_arg;
+};
+
+/**
+ * store_mongo_open - connect (one ping must succeed within opt->timeout_ms)
+ * and start the write-behind thread. Creates nothing: the server seeds the
+ * catalog with store_mongo_seed.
+ * Returns 0, STOCK_EINVAL (bad URI or options; message in @err), STOCK_ESYS
+ * (server unreachable; message in @err), STOCK_ENOMEM.
+ */
+int store_mongo_open(store_t **out, const struct store_mongo_options *opt, char *err,
+    size_t errlen);
+
+/** store_is_mongo - true when @st was opened by store_mongo_open. */
+bool store_is_mongo(const store_t *st);
+
+/**
+ * store_mongo_seed - insert {_id: sku, stock: n, sold: 0, version: 1} unless
+ * a document with that _id exists (upsert with $setOnInsert), like the seed
+ * does on first start. Returns 0 (inserted or already there), STOCK_ESYS,
+ * STOCK_EINVAL.
+ */
+int store_mongo_seed(store_t *st, const char *sku, uint64_t n);
+
+/**
+ * store_mongo_take - the durable Db buy: one findAndModify with filter
+ * {_id: sku, stock: {$gte: n}} and update
+ * {$inc: {stock: -n, sold: n, version: 1}}, returning the new document.
+ * Returns 0 (@after = the document after the buy); STOCK_ESOLDOUT (the
+ * document exists with stock < n; @after = its current state, re-read);
+ * STOCK_ENOENT (no such document); STOCK_ESYS (MongoDB failed or timed out:
+ * the outcome is unknown, the buy may or may not have been applied; it is
+ * never retried, so it is never applied twice); STOCK_EINVAL.
+ */
+int store_mongo_take(store_t *st, const char *sku, uint64_t n, struct store_doc *after);
+
+/**
+ * store_mongo_adjust - operator change of a SKU's pool: @absolute sets
+ * stock to @n, otherwise adds @n (restock); version + 1. Creates the
+ * document when missing. Returns 0 (@after may be NULL), STOCK_ERANGE,
+ * STOCK_ESYS, STOCK_EINVAL.
+ */
+int store_mongo_adjust(store_t *st, const char *sku, bool absolute, uint64_t n,
+    struct store_doc *after);
+
+/* One instance's lease inside a SKU document (all counts cumulative). */
+struct store_lease {
+	uint64_t granted;   /* units ever moved from stock into the lease */
+	uint64_t sold;      /* units recorded as sold through it */
+	uint64_t returned;  /* units moved back (to stock, or to lost when reclaimed) */
+	int64_t expires_ms; /* CLOCK_REALTIME ms after which others may reclaim it */
+	bool reclaimed;     /* another instance moved granted-sold-returned to lost */
+};
+
+/* A whole SKU document as the lease protocol sees it. */
+struct store_mongo_view {
+	struct store_doc doc; /* _id, stock (the unleased pool), sold, version */
+	uint64_t lost;        /* units quarantined by reclaims */
+	size_t nleases;
+	struct {
+		char host[STORE_HOST_MAX + 1];
+		struct store_lease lease;
+	} leases[STORE_LEASES_MAX];
+};
+
+/**
+ * store_mongo_view - read one SKU's whole document.
+ * Returns 0, STOCK_ENOENT, STOCK_ESYS, STOCK_EINVAL.
+ */
+int store_mongo_view(store_t *st, const char *sku, struct store_mongo_view *out);
+
+/* Callback of store_mongo_view_all: 0 goes on, anything else stops. */
+typedef int (*store_mongo_view_fn)(const struct store_mongo_view *v, void *arg);
+
+/**
+ * store_mongo_view_all - read every document of both collections (one find
+ * each) and call @fn on each. Returns 0, @fn's non-zero value, STOCK_ESYS.
+ */
+int store_mongo_view_all(store_t *st, store_mongo_view_fn fn, void *arg);
+
+/**
+ * store_mongo_lease_cas - the one conditional update of the lease protocol:
+ * compare leases.<host> with @expect and replace it with @next, adding
+ * @d_stock to stock, @d_sold to sold and @d_lost to lost, version + 1, in
+ * one findAndModify on the SKU's document (single-document atomicity: no
+ * transaction needed).
+ * @expect: NULL means leases.<host> must not exist (opening a lease);
+ *          otherwise every member must equal the stored one.
+ * @d_stock < 0 adds the filter stock >= -d_stock (a grant never oversells).
+ * @after:  receives the document after the update (may be NULL).
+ * Returns 0 (applied); STOCK_ECONFLICT (the lease is not as expected);
+ * STOCK_ESOLDOUT (the lease matched but stock < -d_stock); STOCK_ENOENT (no
+ * document); STOCK_ESYS (failed or timed out: outcome unknown; callers
+ * re-read with store_mongo_view to learn whether it applied — @next is
+ * distinct from @expect, so the stored lease tells); STOCK_EINVAL (bad
+ * host id, NULL sku/next, a result that would go negative or above
+ * STOCK_COUNT_MAX as far as the caller's arguments show).
+ */
+int store_mongo_lease_cas(store_t *st, const char *sku, const char *host,
+    const struct store_lease *expect, const struct store_lease *next, int64_t d_stock,
+    int64_t d_sold, int64_t d_lost, struct store_mongo_view *after);
 
 #ifdef __cplusplus
 }
