@@ -95,7 +95,7 @@ CIVETWEB_LIBS := -lcivetweb
 DEPS_PKGS := gcc libc6-dev binutils make pkg-config libck-dev libcriterion-dev libbson-dev \
              libcivetweb-dev libmongoc-dev libhiredis-dev curl wrk siege redis-server redis-tools
 
-.PHONY: all run lib static shared examples run-examples test unit check server-test check-tsan check-asan \
+.PHONY: all run lib static shared examples run-examples test unit check server-test multi-test check-tsan check-asan \
         bench bench-store bench-http install uninstall deps clean test-install
 
 all: lib examples $(SERVER_BIN)
@@ -190,9 +190,20 @@ test: deps
 	$(MAKE) test-install
 	$(MAKE) server-test
 
-# Starts the real server binary on a free port with a temp data dir.
-server-test: $(SERVER_BIN)
+# Starts the real server binary on a free port with a temp data dir; then
+# three instances on one MongoDB-compatible server and one redis-server
+# (started by the script, tests/services/).
+MONGO_DOCS_BIN := $(O)/tests/mongo_docs
+$(MONGO_DOCS_BIN): tests/services/mongo_docs.c
+	@mkdir -p $(@D)
+	$(CC) -O1 -g -Wall -Wextra $(BSON_CFLAGS) $< -o $@ $(BSON_LIBS)
+
+server-test: $(SERVER_BIN) $(MONGO_DOCS_BIN)
 	bash tests/server/http_test.sh $(SERVER_BIN)
+	bash tests/server/multi_test.sh $(SERVER_BIN) $(MONGO_DOCS_BIN)
+
+multi-test: $(SERVER_BIN) $(MONGO_DOCS_BIN)
+	bash tests/server/multi_test.sh $(SERVER_BIN) $(MONGO_DOCS_BIN)
 
 # Installs into a temp DESTDIR and builds every example with pkg-config alone.
 test-install: all
@@ -213,6 +224,11 @@ bench: deps
 	$(MAKE) $(BENCH_BIN)
 	$(BENCH_BIN)
 
+BENCH_MONGO_BIN := $(O)/bench/bench_mongo
+$(BENCH_MONGO_BIN): tests/bench/bench_mongo.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra $(BSON_CFLAGS) $< -o $@ $(BSON_LIBS) -lpthread
+
 BARE_BIN := $(O)/bench/bare_civetweb
 $(BARE_BIN): tests/bench/bare_civetweb.c
 	@mkdir -p $(@D)
@@ -221,8 +237,8 @@ $(BARE_BIN): tests/bench/bare_civetweb.c
 # The demo server against a bare civetweb handler and Redis (appendfsync
 # always), measured in the same run. Needs wrk and redis-server (make deps).
 bench-http: deps
-	$(MAKE) $(SERVER_BIN) $(BARE_BIN)
-	bash tests/bench/bench_http.sh $(SERVER_BIN) $(BARE_BIN)
+	$(MAKE) $(SERVER_BIN) $(BARE_BIN) $(BENCH_MONGO_BIN)
+	bash tests/bench/bench_http.sh $(SERVER_BIN) $(BARE_BIN) $(BENCH_MONGO_BIN)
 
 # Group commit of the embedded store against one write+fdatasync per append.
 # Run on a real disk (BENCH_STORE_DIR), not tmpfs.

@@ -18,6 +18,8 @@
 #include <civetweb.h>
 #include <stock.h>
 
+#include "bus.h"
+#include "lease.h"
 #include "store.h"
 
 #define APP_VERSION "0.1.0"
@@ -34,6 +36,20 @@ struct app_config {
 	unsigned db_inflight;    /* --db-inflight: durable buys in flight (bulkhead) */
 	uint64_t initial_stock;  /* --initial-stock: seed for every catalog item */
 	bool repair;             /* --repair */
+	/* multi-instance (docs/server.md "Several instances") */
+	char mongo_uri[512];     /* --mongo, STOCK_MONGO_URI: empty = embedded store */
+	char mongo_db[64];       /* --mongo-db (SuperStockStore) */
+	char mongo_one[64];      /* --mongo-one-collection (OneStock) */
+	char mongo_many[64];     /* --mongo-many-collection (ManyStock) */
+	unsigned mongo_timeout_ms; /* --mongo-timeout-ms (2000) */
+	char redis_url[256];     /* --redis, STOCK_REDIS_URL: empty = no bus */
+	char one_channel[64];    /* --one-channel (OneStockUpdateEvent) */
+	char many_channel[64];   /* --many-channel (MultiStockUpdateEvent) */
+	char host_id[STORE_HOST_MAX + 1]; /* --host-id, STOCK_HOST_ID (hostname) */
+	uint64_t lease_block;    /* --lease-block (1000) */
+	unsigned lease_ms;       /* --lease-ms (10000) */
+	unsigned record_ms;      /* --record-ms (100) */
+	unsigned poll_ms;        /* --poll-ms (1000) */
 };
 
 /* Returns 0 to run, 1 to exit 0 (help/version printed), -1 on a bad flag. */
@@ -81,6 +97,8 @@ struct app_tunables {
 struct app {
 	struct app_config cfg;
 	store_t *store;
+	lease_mgr_t *leases;            /* --mongo only: leases, peek caches, poll */
+	bus_t *bus;                     /* --redis only */
 	struct app_one_item one[APP_ONE_COUNT];
 	stock_table_t *many;            /* ManyStock: SKU -> atomic counter */
 	struct stock_breaker gate;      /* isolated by /Util/Close */

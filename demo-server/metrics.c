@@ -160,5 +160,38 @@ app_metrics_render(struct app *app, char *buf, size_t cap)
 		emit(&o, "# TYPE stock_db_inflight gauge\nstock_db_inflight %llu\n"
 			 "# TYPE stock_db_inflight_peak gauge\nstock_db_inflight_peak %llu\n",
 		    (unsigned long long)ps.in_use, (unsigned long long)ps.peak);
+	if (app->leases != NULL) {
+		struct lease_stats ls;
+		lease_stats(app->leases, &ls);
+		emit(&o, "# HELP stock_lease_ops_total Lease protocol round trips that applied, by kind.\n"
+			 "# TYPE stock_lease_ops_total counter\n"
+			 "stock_lease_ops_total{op=\"grant\"} %llu\nstock_lease_ops_total{op=\"record\"} %llu\n"
+			 "stock_lease_ops_total{op=\"return\"} %llu\nstock_lease_ops_total{op=\"reclaim\"} %llu\n"
+			 "stock_lease_ops_total{op=\"settle\"} %llu\n"
+			 "# TYPE stock_lease_units_total counter\n"
+			 "stock_lease_units_total{op=\"grant\"} %llu\nstock_lease_units_total{op=\"return\"} %llu\n"
+			 "# TYPE stock_lease_failures_total counter\nstock_lease_failures_total %llu\n"
+			 "# TYPE stock_lease_polls_total counter\nstock_lease_polls_total %llu\n"
+			 "# TYPE stock_peer_events_applied_total counter\nstock_peer_events_applied_total %llu\n",
+		    (unsigned long long)ls.grants, (unsigned long long)ls.records,
+		    (unsigned long long)ls.returns, (unsigned long long)ls.reclaims,
+		    (unsigned long long)ls.settles, (unsigned long long)ls.grant_units,
+		    (unsigned long long)ls.return_units, (unsigned long long)ls.failures,
+		    (unsigned long long)ls.polls, (unsigned long long)ls.events_applied);
+	}
+	if (app->bus != NULL) {
+		struct bus_stats b;
+		bus_stats(app->bus, &b);
+		emit(&o, "# HELP stock_bus_events_total Redis pub/sub stock events.\n"
+			 "# TYPE stock_bus_events_total counter\n"
+			 "stock_bus_events_total{dir=\"published\"} %llu\nstock_bus_events_total{dir=\"coalesced\"} %llu\n"
+			 "stock_bus_events_total{dir=\"received\"} %llu\nstock_bus_events_total{dir=\"echo\"} %llu\n"
+			 "stock_bus_events_total{dir=\"malformed\"} %llu\n"
+			 "# TYPE stock_bus_reconnects_total counter\nstock_bus_reconnects_total %llu\n"
+			 "# TYPE stock_bus_connected gauge\nstock_bus_connected %d\n",
+		    (unsigned long long)b.published, (unsigned long long)b.coalesced,
+		    (unsigned long long)b.received, (unsigned long long)b.echoes,
+		    (unsigned long long)b.malformed, (unsigned long long)b.reconnects, b.connected ? 1 : 0);
+	}
 	return o.len;
 }

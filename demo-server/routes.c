@@ -17,7 +17,7 @@
 
 enum route_kind { R_ONE_BUY, R_ONE_PEEK, R_MANY_BUY, R_MANY_PEEK, R_UTIL_OPEN, R_UTIL_CLOSE,
 	R_LIVE, R_READY, R_METRICS, R_ADMIN_LIST, R_ADMIN_SET, R_ADMIN_CONFIG_GET,
-	R_ADMIN_CONFIG_SET };
+	R_ADMIN_CONFIG_SET, R_UTIL_PUBLISH };
 
 struct route {
 	const char *method;
@@ -41,6 +41,7 @@ static const struct route routes[] = {
 	{ "GET", "/api/v1/ManyStock/Cache/PeekFastAtomic/", true, R_MANY_PEEK, 0, "ManyStock/Cache/PeekFastAtomic" },
 	{ "POST", "/api/v1/Util/Open", false, R_UTIL_OPEN, 0, "Util/Open" },
 	{ "POST", "/api/v1/Util/Close", false, R_UTIL_CLOSE, 0, "Util/Close" },
+	{ "POST", "/api/v1/Util/Publish", false, R_UTIL_PUBLISH, 0, "Util/Publish" },
 	{ "GET", "/health/live", false, R_LIVE, 0, "health/live" },
 	{ "GET", "/health/ready", false, R_READY, 0, "health/ready" },
 	{ "GET", "/metrics", false, R_METRICS, 0, "metrics" },
@@ -325,6 +326,78 @@ buy_durable(struct app *app, struct mg_connection *c, struct app_one_item *it, u
 	return buy_reply(app, c, APP_ONE_DB, rc, it->doc_id, qty, l);
 }
 
+/* ---- --mongo: MongoDB is the authority ----------------------------------- */
+
+static void
+peek_to_level(const struct lease_peek *p, struct stock_level *l)
+{
+	l->remaining = p->remaining;
+	l->sold = p->sold;
+	l->version = p->version;
+}
+
+/*
+ * Durable buy on MongoDB: one findAndModify {stock >= n} → $inc. A failed
+ * round trip is never retried (it may have been applied), the breaker opens
+ * after repeated failures so buyers get a fast 503 while MongoDB is down.
+ */
+static int
+buy_mongo_db(struct app *app, struct mg_connection *c, struct app_one_item *it, uint64_t qty)
+{
+	struct stock_breaker_token tok;
+	struct store_doc after;
+	struct stock_level l;
+	int rc;
+
+	if (stock_permits_try_acquire(&app->db_inflight, 1) != 0)
+		return http_error(c, 503, "busy", "too many durable buys in flight");
+	if (stock_breaker_allow(&app->store_breaker, &tok) != 0) {
+		stock_permits_release(&app->db_inflight, 1);
+		return http_error(c, 503, "store_unavailable", "MongoDB is failing, retry later");
+	}
+	rc = store_mongo_take(app->store, it->doc_id, qty, &after);
+	if (rc == STOCK_ESYS) {
+		stock_breaker_failure(&app->store_breaker, tok);
+		stock_permits_release(&app->db_inflight, 1);
+		stock_stat_inc(&app->store_rejects);
+		return http_error(c, 503, "store_unavailable",
+		    "MongoDB did not answer; the buy may or may not have been applied");
+	}
+	stock_breaker_success(&app->store_breaker, tok);
+	stock_permits_release(&app->db_inflight, 1);
+	if (rc == 0 || rc == STOCK_ESOLDOUT)
+		lease_offer(app->leases, it->doc_id, after.stock, after.sold, after.version, true);
+	l.remaining = after.stock;
+	l.sold = after.sold;
+	l.version = after.version;
+	if (rc == STOCK_ENOENT)
+		return http_error(c, 404, "unknown_sku", "no such SKU");
+	return buy_reply(app, c, APP_ONE_DB, rc, it->doc_id, qty, &l);
+}
+
+/* A buy from this instance's lease (refilled from MongoDB when it runs dry). */
+static int
+buy_leased(struct app *app, struct mg_connection *c, int slot, const char *sku, uint64_t qty)
+{
+	struct lease_peek p = { 0 };
+	struct stock_level l;
+	int rc = lease_take(app->leases, sku, qty, &p);
+
+	if (rc == STOCK_ESYS) {
+		stock_stat_inc(&app->store_rejects);
+		return http_error(c, 503, "store_unavailable",
+		    "this instance's lease is empty and MongoDB did not answer");
+	}
+	if (rc == STOCK_EBUSY)
+		return http_error(c, 503, "busy", "stock is being refilled, retry shortly");
+	if (rc == STOCK_ECONFLICT)
+		return http_error(c, 503, "store_unavailable", "this instance's lease is unusable");
+	if (rc == STOCK_ENOENT)
+		return http_error(c, 404, "unknown_sku", "no such SKU");
+	peek_to_level(&p, &l);
+	return buy_reply(app, c, slot, rc, sku, qty, &l);
+}
+
 static int
 one_buy(struct app *app, struct mg_connection *c, int idx)
 {
@@ -335,6 +408,9 @@ one_buy(struct app *app, struct mg_connection *c, int idx)
 
 	if ((status = buy_admit(app, c, &qty)) != 0)
 		return status;
+	if (app->leases != NULL)
+		return idx == APP_ONE_DB ? buy_mongo_db(app, c, it, qty) :
+		    buy_leased(app, c, idx, it->doc_id, qty);
 	if (idx == APP_ONE_DB)
 		return buy_durable(app, c, it, qty, &l);
 	return buy_reply(app, c, idx, buy_cache(app, &it->counter, it->doc_id, qty, &l),
@@ -352,6 +428,8 @@ many_buy(struct app *app, struct mg_connection *c, const char *sku)
 
 	if ((status = buy_admit(app, c, &qty)) != 0)
 		return status;
+	if (app->leases != NULL)
+		return buy_leased(app, c, APP_ONE_COUNT, sku, qty);
 	if (stock_table_read_begin(app->many, &sec) != 0)
 		return http_error(c, 503, "busy", "out of memory");
 	ctr = stock_table_lookup(app->many, sku, strlen(sku));
@@ -367,6 +445,13 @@ many_peek(struct app *app, struct mg_connection *c, const char *sku)
 {
 	struct stock_level l;
 
+	if (app->leases != NULL) {
+		struct lease_peek p;
+		if (lease_peek(app->leases, sku, &p) != 0)
+			return http_error(c, 404, "unknown_sku", "no such SKU");
+		peek_to_level(&p, &l);
+		return reply_level(c, sku, &l);
+	}
 	if (stock_table_read(app->many, sku, strlen(sku), &l) != 0)
 		return http_error(c, 404, "unknown_sku", "no such SKU");
 	return reply_level(c, sku, &l);
@@ -375,13 +460,25 @@ many_peek(struct app *app, struct mg_connection *c, const char *sku)
 struct list_ctx {
 	char *buf;
 	size_t cap, len;
+	struct app *app;
 };
 
 static int
 list_one(const char *sku, size_t len, const struct stock_level *l, void *arg)
 {
 	struct list_ctx *x = arg;
-	int n = snprintf(x->buf + x->len, x->cap - x->len,
+	struct stock_level ml;
+	struct lease_peek p;
+	char id[STORE_SKU_MAX + 1];
+	int n;
+
+	/* --mongo: the shared view, not this instance's lease counter. */
+	snprintf(id, sizeof id, "%.*s", (int)len, sku);
+	if (x->app->leases != NULL && lease_peek(x->app->leases, id, &p) == 0) {
+		peek_to_level(&p, &ml);
+		l = &ml;
+	}
+	n = snprintf(x->buf + x->len, x->cap - x->len,
 	    "%s{\"sku\":\"%.*s\",\"remaining\":%llu,\"sold\":%llu,\"version\":%llu}",
 	    x->len > 1 ? "," : "", (int)len, sku, (unsigned long long)l->remaining,
 	    (unsigned long long)l->sold, (unsigned long long)l->version);
@@ -396,7 +493,7 @@ admin_list(struct app *app, struct mg_connection *c)
 {
 	enum { CAP = 256 * 1024 };
 	char *buf = malloc(CAP);
-	struct list_ctx x = { buf, CAP - 2, 1 };
+	struct list_ctx x = { buf, CAP - 2, 1, app };
 	struct stock_level l;
 
 	if (buf == NULL)
@@ -412,6 +509,39 @@ admin_list(struct app *app, struct mg_connection *c)
 	http_send(c, 200, "application/json", NULL, buf, x.len);
 	free(buf);
 	return 200;
+}
+
+/*
+ * --mongo: the change goes to the SKU's document (its unleased pool:
+ * `stock`); a correction closes the gate while it applies. Every instance
+ * sees it through the bus and its next poll.
+ */
+static int
+admin_set_mongo(struct app *app, struct mg_connection *c, const char *sku, bool correction,
+    uint64_t n)
+{
+	struct lease_peek p;
+	struct stock_level l;
+	int rc;
+
+	if (lease_peek(app->leases, sku, &p) != 0)
+		return http_error(c, 404, "unknown_sku", "no such SKU");
+	if (correction)
+		stock_breaker_isolate(&app->gate);
+	rc = store_mongo_adjust(app->store, sku, correction, n, NULL);
+	if (rc == 0)
+		lease_refresh(app->leases, sku);
+	if (correction)
+		stock_breaker_close(&app->gate);
+	if (rc == STOCK_ERANGE)
+		return http_error(c, 400, "bad_request", "stock out of range");
+	if (rc != 0)
+		return http_error(c, 503, "store_unavailable", "MongoDB did not apply the change");
+	app_log("admin: %s %s %llu (MongoDB pool)", sku,
+	    correction ? "pool corrected to" : "restocked by", (unsigned long long)n);
+	lease_peek(app->leases, sku, &p);
+	peek_to_level(&p, &l);
+	return reply_level(c, sku, &l);
 }
 
 /*
@@ -441,6 +571,8 @@ admin_set(struct app *app, struct mg_connection *c, const char *sku)
 		return http_error(c, 400, "bad_request", why);
 	if (n > STOCK_COUNT_MAX || (restock && n == 0))
 		return http_error(c, 400, "bad_request", "count out of range");
+	if (app->leases != NULL)
+		return admin_set_mongo(app, c, sku, correction, n);
 	if (stock_table_read_begin(app->many, &sec) != 0)
 		return http_error(c, 503, "busy", "out of memory");
 	for (i = 0; i < APP_ONE_COUNT && ctr == NULL; i++)
@@ -586,7 +718,11 @@ dispatch(struct app *app, struct mg_connection *c, size_t *route_out)
 		return one_buy(app, c, routes[i].arg);
 	case R_ONE_PEEK: {
 		struct stock_level l;
-		stock_counter_read(&app->one[routes[i].arg].counter, &l);
+		struct lease_peek p;
+		if (app->leases != NULL && lease_peek(app->leases, app->one[routes[i].arg].doc_id, &p) == 0)
+			peek_to_level(&p, &l);
+		else
+			stock_counter_read(&app->one[routes[i].arg].counter, &l);
 		return reply_level(c, app->one[routes[i].arg].doc_id, &l);
 	}
 	case R_MANY_BUY:
@@ -608,6 +744,13 @@ dispatch(struct app *app, struct mg_connection *c, size_t *route_out)
 		stock_breaker_isolate(&app->gate);
 		app_log("gate closed");
 		return http_reply(c, 200, NULL, "{\"gate\":\"closed\"}");
+	case R_UTIL_PUBLISH:
+		if (app->leases == NULL || app->bus == NULL)
+			return http_error(c, 503, "bus_unavailable", "no Redis bus configured (--redis)");
+		if (lease_publish_all(app->leases) != 0)
+			return http_error(c, 503, "busy", "out of memory");
+		app_log("published every SKU on demand");
+		return http_reply(c, 200, NULL, "{\"published\":true}");
 	case R_ADMIN_LIST:
 		return admin_list(app, c);
 	case R_ADMIN_SET:

@@ -146,8 +146,9 @@ store_sync(store_t *st)
  * @out: receives the document with the highest version.
  *
  * Returns 0, STOCK_ENOENT when the SKU has no durable document, STOCK_EINVAL
- * for NULL arguments. Sees a non-durable append only once it is written
- * (store_sync). Thread-safe.
+ * for NULL arguments, STOCK_ESYS when the read failed (MongoDB store: server
+ * unreachable or the document corrupt). Sees a non-durable append only once
+ * it is written (store_sync). Thread-safe.
  */
 static inline int
 store_get(store_t *st, const char *sku, struct store_doc *out)
@@ -162,8 +163,9 @@ store_get(store_t *st, const char *sku, struct store_doc *out)
  * @fn runs on the caller's thread on a copy taken at the start, with no
  * store lock held: it may call store_append. Order is unspecified.
  * Returns 0 after the last document, the first non-zero value @fn returned
- * (the walk stops there), STOCK_ENOMEM, or STOCK_EINVAL for NULL arguments.
- * Thread-safe.
+ * (the walk stops there), STOCK_ENOMEM, STOCK_ESYS (MongoDB store: the read
+ * failed; corrupt documents are logged and skipped), or STOCK_EINVAL for
+ * NULL arguments. Thread-safe.
  */
 static inline int
 store_foreach(store_t *st, store_foreach_fn fn, void *arg)
@@ -303,9 +305,10 @@ int store_bson_open(store_t **out, const struct store_bson_options *opt, char *e
  * reclaimed}}} (all int64 but reclaimed, a bool). store_get/store_foreach
  * report _id, stock, sold, version and ignore the rest.
  *
- * store_append(doc) writes the state guarded by version: the document is
- * replaced only when the stored one has a lower version (same tie-break as
- * the embedded store), so it never overwrites a newer state. durable=true
+ * store_append(doc) writes the state guarded by version: stock, sold and
+ * version are set ($set: lost and leases stay) only when the stored state is
+ * older (same tie-break as the embedded store), so it never overwrites a
+ * newer state. durable=true
  * returns after MongoDB acknowledged the write (write concern "majority"
  * with journal when the server is a replica set, otherwise {w:1, j:true});
  * durable=false queues it for a background writer (STOCK_EBUSY when the
@@ -353,13 +356,16 @@ int store_mongo_seed(store_t *st, const char *sku, uint64_t n);
 
 /**
  * store_mongo_take - the durable Db buy: one findAndModify with filter
- * {_id: sku, stock: {$gte: n}} and update
+ * {_id: sku, stock: {$gte: n}, sold: {$lte: STOCK_COUNT_MAX - n}} and update
  * {$inc: {stock: -n, sold: n, version: 1}}, returning the new document.
  * Returns 0 (@after = the document after the buy); STOCK_ESOLDOUT (the
  * document exists with stock < n; @after = its current state, re-read);
  * STOCK_ENOENT (no such document); STOCK_ESYS (MongoDB failed or timed out:
  * the outcome is unknown, the buy may or may not have been applied; it is
- * never retried, so it is never applied twice); STOCK_EINVAL.
+ * never retried, so it is never applied twice); STOCK_ERANGE (sold would
+ * exceed STOCK_COUNT_MAX); STOCK_ECONFLICT (the document kept changing
+ * between the findAndModify and the re-read that explains a miss; nothing
+ * was applied); STOCK_EINVAL (also n == 0).
  */
 int store_mongo_take(store_t *st, const char *sku, uint64_t n, struct store_doc *after);
 
@@ -367,7 +373,8 @@ int store_mongo_take(store_t *st, const char *sku, uint64_t n, struct store_doc 
  * store_mongo_adjust - operator change of a SKU's pool: @absolute sets
  * stock to @n, otherwise adds @n (restock); version + 1. Creates the
  * document when missing. Returns 0 (@after may be NULL), STOCK_ERANGE,
- * STOCK_ESYS, STOCK_EINVAL.
+ * STOCK_ESYS, STOCK_ECONFLICT (kept racing with concurrent creations; nothing
+ * applied), STOCK_EINVAL.
  */
 int store_mongo_adjust(store_t *st, const char *sku, bool absolute, uint64_t n,
     struct store_doc *after);
@@ -415,15 +422,20 @@ int store_mongo_view_all(store_t *st, store_mongo_view_fn fn, void *arg);
  * transaction needed).
  * @expect: NULL means leases.<host> must not exist (opening a lease);
  *          otherwise every member must equal the stored one.
- * @d_stock < 0 adds the filter stock >= -d_stock (a grant never oversells).
- * @after:  receives the document after the update (may be NULL).
+ * @d_stock < 0 adds the filter stock >= -d_stock (a grant never oversells);
+ *          likewise @d_lost < 0 adds lost >= -d_lost. @d_sold must be >= 0.
+ * @after:  receives the document after the update (may be NULL); on
+ *          STOCK_ECONFLICT / STOCK_ESOLDOUT the current document, re-read.
  * Returns 0 (applied); STOCK_ECONFLICT (the lease is not as expected);
- * STOCK_ESOLDOUT (the lease matched but stock < -d_stock); STOCK_ENOENT (no
+ * STOCK_ESOLDOUT (the lease matched but stock < -d_stock, or lost <
+ * -d_lost); STOCK_ENOENT (no
  * document); STOCK_ESYS (failed or timed out: outcome unknown; callers
  * re-read with store_mongo_view to learn whether it applied — @next is
  * distinct from @expect, so the stored lease tells); STOCK_EINVAL (bad
  * host id, NULL sku/next, a result that would go negative or above
- * STOCK_COUNT_MAX as far as the caller's arguments show).
+ * STOCK_COUNT_MAX as far as the caller's arguments show: a lease counter
+ * of @next below @expect's, next->sold + next->returned > next->granted,
+ * |delta| > STOCK_COUNT_MAX, or @next equal to @expect in every member).
  */
 int store_mongo_lease_cas(store_t *st, const char *sku, const char *host,
     const struct store_lease *expect, const struct store_lease *next, int64_t d_stock,

@@ -5,7 +5,11 @@
  *
  * The contract part uses only store.h's store_* calls through a small
  * harness (create an empty place, open a store on it, destroy it), so the
- * MongoDB store can run the same functions with a harness of its own. The
+ * MongoDB store runs the same functions with a harness of its own (a fresh
+ * database on $STOCK_TEST_MONGO_URI), followed by its own calls (seed, take,
+ * adjust, the lease compare-and-swap, whole-document views). Without that
+ * variable the MongoDB tests report themselves SKIPPED, loudly; with
+ * CI=true they fail instead. The
  * embedded part knows the on-disk format (docs/store.md) and injects faults
  * through struct store_io. Every outcome checked here is decided by the code,
  * not by timing: where a test must wait for a background thread it polls a
@@ -15,16 +19,20 @@
 #include <criterion/criterion.h>
 
 #include <bson/bson.h>
+#include <mongoc/mongoc.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -460,6 +468,13 @@ contract_write_behind(const struct harness *h)
 	cr_assert_eq(store_sync(st), 0);
 	expect_doc(st, "wb-29", 500 - 299, 299, 300);
 	expect_doc(st, "wb-0", 500 - 270, 270, 271);
+	{
+		struct collect col = { .n = 0 };
+
+		/* docs is a gauge of the durable state; a remote store learns it by reading. */
+		cr_assert_eq(store_foreach(st, collect_fn, &col), 0);
+		cr_expect_eq(col.n, 30);
+	}
 	cr_expect_eq(stats_of(st).docs, 30);
 	store_close(st);
 	st = h_open(h, place);
@@ -1618,4 +1633,930 @@ Test(store_bson, sigkill_loses_no_acknowledged_append)
 	store_close(st);
 	munmap(sh, sizeof *sh);
 	fx_fini(&x);
+}
+
+/* ====================================================================== */
+/* MongoDB store: the harness                                              */
+/* ====================================================================== */
+
+/*
+ * Every MongoDB test starts with need_mongo(): without STOCK_TEST_MONGO_URI
+ * it prints a loud SKIPPED line and skips, or under CI=true fails.
+ * MONGO_TEST(suite, name) is Test(suite, name) with that check in front.
+ */
+static const char *
+need_mongo(const char *suite, const char *name)
+{
+	const char *uri = getenv("STOCK_TEST_MONGO_URI");
+	const char *ci = getenv("CI");
+
+	if (uri != NULL && uri[0] != '\0')
+		return uri;
+	fprintf(stderr, "SKIPPED (no MongoDB): %s/%s\n", suite, name);
+	if (ci != NULL && strcmp(ci, "true") == 0)
+		cr_assert_fail("no MongoDB (STOCK_TEST_MONGO_URI unset) under CI=true: %s/%s", suite,
+		    name);
+	cr_skip_test("SKIPPED (no MongoDB): %s/%s", suite, name);
+	return NULL;
+}
+
+#define MONGO_TEST(suite, name)                             \
+	static void mongo_body_##suite##_##name(void);      \
+	Test(suite, name)                                   \
+	{                                                   \
+		need_mongo(#suite, #name);                  \
+		mongo_body_##suite##_##name();              \
+	}                                                   \
+	static void mongo_body_##suite##_##name(void)
+
+static pthread_once_t test_mongo_once = PTHREAD_ONCE_INIT;
+
+/* libmongoc's own chatter (monitor DEBUG lines, FerretDB's missing endSessions). */
+static void
+quiet_mongoc_log(mongoc_log_level_t level, const char *domain, const char *msg, void *arg)
+{
+	(void)arg;
+	if (level <= MONGOC_LOG_LEVEL_ERROR)
+		fprintf(stderr, "mongoc: %s: %s\n", domain, msg);
+}
+
+static void
+test_mongo_init(void)
+{
+	mongoc_init();
+	mongoc_log_set_handler(quiet_mongoc_log, NULL);
+}
+
+struct mongo_place {
+	char db[64];
+	struct logcap log;
+	unsigned timeout_ms;
+	unsigned queue_limit;
+};
+
+static void *
+mongo_create(void)
+{
+	static unsigned counter;
+	struct mongo_place *p = calloc(1, sizeof *p);
+
+	pthread_once(&test_mongo_once, test_mongo_init);
+	cr_assert_not_null(p);
+	pthread_mutex_init(&p->log.mu, NULL);
+	snprintf(p->db, sizeof p->db, "stocktest_%ld_%u", (long)getpid(),
+	    __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED));
+	return p;
+}
+
+static int
+mongo_open(void *place, store_t **out)
+{
+	struct mongo_place *p = place;
+	struct store_mongo_options o = { 0 };
+	char err[512];
+	int rc;
+
+	o.uri = getenv("STOCK_TEST_MONGO_URI");
+	o.database = p->db;
+	o.timeout_ms = p->timeout_ms ? p->timeout_ms : 5000;
+	o.queue_limit = p->queue_limit;
+	o.log = logcap_fn;
+	o.log_arg = &p->log;
+	rc = store_mongo_open(out, &o, err, sizeof err);
+	cr_expect_eq(rc, 0, "store_mongo_open: %s", err);
+	return rc;
+}
+
+/* A plain client of the test's own, to look at and plant raw documents. */
+static mongoc_client_t *
+raw_client(void)
+{
+	mongoc_client_t *c;
+
+	pthread_once(&test_mongo_once, test_mongo_init);
+	c = mongoc_client_new(getenv("STOCK_TEST_MONGO_URI"));
+	cr_assert_not_null(c);
+	mongoc_client_set_error_api(c, MONGOC_ERROR_API_VERSION_2);
+	return c;
+}
+
+static void
+mongo_destroy_place(void *place)
+{
+	struct mongo_place *p = place;
+	mongoc_client_t *c = raw_client();
+	mongoc_database_t *db = mongoc_client_get_database(c, p->db);
+	bson_error_t e;
+
+	cr_expect(mongoc_database_drop(db, &e), "drop %s: %s", p->db, e.message);
+	mongoc_database_destroy(db);
+	mongoc_client_destroy(c);
+	pthread_mutex_destroy(&p->log.mu);
+	free(p);
+}
+
+static const struct harness mongo_harness = {
+	"mongo", mongo_create, mongo_open, mongo_destroy_place,
+};
+
+MONGO_TEST(contract_mongo, roundtrip) { contract_roundtrip(&mongo_harness); }
+MONGO_TEST(contract_mongo, max_version_wins) { contract_max_version_wins(&mongo_harness); }
+MONGO_TEST(contract_mongo, concurrent_durable_appends_survive_reopen)
+{
+	contract_concurrent_durable(&mongo_harness);
+}
+MONGO_TEST(contract_mongo, invalid_arguments) { contract_invalid(&mongo_harness); }
+MONGO_TEST(contract_mongo, write_behind_then_sync) { contract_write_behind(&mongo_harness); }
+
+/* ====================================================================== */
+/* MongoDB store: its own calls                                            */
+/* ====================================================================== */
+
+/* A fresh database and a store on it. */
+struct mfx {
+	struct mongo_place *p;
+	store_t *st;
+};
+
+static void
+mfx_init(struct mfx *x)
+{
+	x->p = mongo_create();
+	x->st = h_open(&mongo_harness, x->p);
+}
+
+static void
+mfx_fini(struct mfx *x)
+{
+	store_close(x->st);
+	mongo_destroy_place(x->p);
+}
+
+/* Insert a raw document (JSON) into @coll of the fixture's database. */
+static void
+raw_insert(struct mfx *x, const char *coll, const char *json)
+{
+	mongoc_client_t *c = raw_client();
+	mongoc_collection_t *col = mongoc_client_get_collection(c, x->p->db, coll);
+	bson_error_t e;
+	bson_t *b = bson_new_from_json((const uint8_t *)json, -1, &e);
+
+	cr_assert_not_null(b, "json: %s", e.message);
+	cr_assert(mongoc_collection_insert_one(col, b, NULL, NULL, &e), "insert: %s", e.message);
+	bson_destroy(b);
+	mongoc_collection_destroy(col);
+	mongoc_client_destroy(c);
+}
+
+/* Documents in @coll of the fixture's database. */
+static int64_t
+raw_count(struct mfx *x, const char *coll)
+{
+	mongoc_client_t *c = raw_client();
+	mongoc_collection_t *col = mongoc_client_get_collection(c, x->p->db, coll);
+	bson_error_t e;
+	bson_t filter = BSON_INITIALIZER;
+	int64_t n = mongoc_collection_count_documents(col, &filter, NULL, NULL, NULL, &e);
+
+	cr_expect_geq(n, 0, "count: %s", e.message);
+	mongoc_collection_destroy(col);
+	mongoc_client_destroy(c);
+	return n;
+}
+
+static struct store_mongo_view
+view_of(store_t *st, const char *sku)
+{
+	struct store_mongo_view v;
+	int rc = store_mongo_view(st, sku, &v);
+
+	cr_assert_eq(rc, 0, "view(%s): %s", sku, stock_err_name(rc));
+	return v;
+}
+
+static const struct store_lease *
+lease_of(const struct store_mongo_view *v, const char *host)
+{
+	for (size_t i = 0; i < v->nleases; i++)
+		if (strcmp(v->leases[i].host, host) == 0)
+			return &v->leases[i].lease;
+	return NULL;
+}
+
+static bool
+lease_same(const struct store_lease *a, const struct store_lease *b)
+{
+	return a->granted == b->granted && a->sold == b->sold && a->returned == b->returned &&
+	    a->expires_ms == b->expires_ms && a->reclaimed == b->reclaimed;
+}
+
+static struct store_lease
+mklease(uint64_t granted, uint64_t sold, uint64_t returned, int64_t expires, bool reclaimed)
+{
+	struct store_lease l = { granted, sold, returned, expires, reclaimed };
+
+	return l;
+}
+
+MONGO_TEST(store_mongo, seed_is_idempotent_and_routes_by_prefix)
+{
+	struct mfx x;
+	struct collect col = { .n = 0 };
+
+	mfx_init(&x);
+	cr_expect(store_is_mongo(x.st));
+	cr_assert_eq(store_mongo_seed(x.st, "NVDA", 100), 0);
+	expect_doc(x.st, "NVDA", 100, 0, 1);
+	cr_assert_eq(store_mongo_seed(x.st, "NVDA", 5), 0, "already there: fine");
+	expect_doc(x.st, "NVDA", 100, 0, 1);
+	cr_assert_eq(store_mongo_seed(x.st, "OneStock:ticket", 7), 0);
+	expect_doc(x.st, "OneStock:ticket", 7, 0, 1);
+	cr_expect_eq(raw_count(&x, "OneStock"), 1);
+	cr_expect_eq(raw_count(&x, "ManyStock"), 1);
+	cr_assert_eq(store_foreach(x.st, collect_fn, &col), 0);
+	cr_expect_eq(col.n, 2, "foreach reads both collections");
+	cr_expect_eq(store_mongo_seed(x.st, "", 1), STOCK_EINVAL);
+	cr_expect_eq(store_mongo_seed(x.st, "x", STOCK_COUNT_MAX + 1), STOCK_EINVAL);
+	cr_expect_eq(store_mongo_seed(NULL, "x", 1), STOCK_EINVAL);
+	cr_expect(store_healthy(x.st));
+	cr_expect_gt(stats_of(x.st).batches, 0, "round trips are counted");
+	cr_expect_eq(stats_of(x.st).fsync_failures, 0);
+	mfx_fini(&x);
+}
+
+MONGO_TEST(store_mongo, take)
+{
+	struct mfx x;
+	struct store_doc d, before;
+
+	mfx_init(&x);
+	cr_assert_eq(store_mongo_seed(x.st, "OneStock:t", 10), 0);
+	cr_assert_eq(store_mongo_take(x.st, "OneStock:t", 3, &d), 0);
+	cr_expect_str_eq(d.sku, "OneStock:t");
+	cr_expect_eq(d.stock, 7);
+	cr_expect_eq(d.sold, 3);
+	cr_expect_eq(d.version, 2);
+
+	cr_assert_eq(store_get(x.st, "OneStock:t", &before), 0);
+	memset(&d, 0, sizeof d);
+	cr_expect_eq(store_mongo_take(x.st, "OneStock:t", 8, &d), STOCK_ESOLDOUT);
+	cr_expect_eq(d.stock, 7, "@after is the current state");
+	cr_expect_eq(d.version, 2);
+	expect_doc(x.st, "OneStock:t", before.stock, before.sold, before.version);
+
+	cr_expect_eq(store_mongo_take(x.st, "OneStock:nope", 1, &d), STOCK_ENOENT);
+	cr_expect_eq(store_mongo_take(x.st, "OneStock:t", 0, &d), STOCK_EINVAL);
+	cr_expect_eq(store_mongo_take(x.st, "", 1, &d), STOCK_EINVAL);
+	cr_expect_eq(store_mongo_take(x.st, "OneStock:t", STOCK_COUNT_MAX + 1, &d), STOCK_EINVAL);
+	cr_assert_eq(store_mongo_take(x.st, "OneStock:t", 7, NULL), 0, "@after may be NULL");
+	expect_doc(x.st, "OneStock:t", 0, 10, 3);
+	cr_expect_eq(store_mongo_take(x.st, "OneStock:t", 1, &d), STOCK_ESOLDOUT);
+	mfx_fini(&x);
+}
+
+/*
+ * On MongoDB these check the server's single-document atomicity; on
+ * FerretDB v1, whose conditional updates are not atomic (FerretDB#3040),
+ * they check the store's per-SKU serialization that stands in for it.
+ */
+#define TAKERS 8
+#define TAKE_STOCK 400
+
+struct taker {
+	store_t *st;
+	const char *sku;
+	uint64_t n;     /* units per take */
+	uint64_t units; /* units this thread bought */
+	int errors;
+};
+
+static void *
+taker_fn(void *arg)
+{
+	struct taker *t = arg;
+	struct store_doc d;
+	int rc;
+
+	while ((rc = store_mongo_take(t->st, t->sku, t->n, &d)) == 0 || rc == STOCK_ESOLDOUT) {
+		if (rc == 0) {
+			t->units += t->n;
+			continue;
+		}
+		if (t->n == 1)
+			break;
+		t->n = 1; /* the last few units, one at a time */
+	}
+	if (rc != STOCK_ESOLDOUT)
+		t->errors++;
+	return NULL;
+}
+
+MONGO_TEST(store_mongo, concurrent_takes_never_oversell)
+{
+	struct mfx x;
+	pthread_t th[TAKERS];
+	struct taker t[TAKERS];
+	uint64_t units = 0;
+
+	mfx_init(&x);
+	cr_assert_eq(store_mongo_seed(x.st, "OneStock:race", TAKE_STOCK), 0);
+	for (int i = 0; i < TAKERS; i++) {
+		t[i] = (struct taker){ x.st, "OneStock:race", (uint64_t)(i % 3) + 1, 0, 0 };
+		cr_assert_eq(pthread_create(&th[i], NULL, taker_fn, &t[i]), 0);
+	}
+	for (int i = 0; i < TAKERS; i++) {
+		pthread_join(th[i], NULL);
+		cr_expect_eq(t[i].errors, 0, "taker %d ended on an error", i);
+		units += t[i].units;
+	}
+	cr_expect_eq(units, TAKE_STOCK, "units bought: %llu", (unsigned long long)units);
+	{
+		struct store_doc d;
+
+		cr_assert_eq(store_get(x.st, "OneStock:race", &d), 0);
+		cr_expect_eq(d.stock, 0);
+		cr_expect_eq(d.sold, TAKE_STOCK, "sold %llu, exactly the initial stock",
+		    (unsigned long long)d.sold);
+	}
+	mfx_fini(&x);
+}
+
+MONGO_TEST(store_mongo, adjust)
+{
+	struct mfx x;
+	struct store_doc d;
+
+	mfx_init(&x);
+	cr_assert_eq(store_mongo_adjust(x.st, "new-abs", true, 50, &d), 0, "creates it");
+	cr_expect_eq(d.stock, 50);
+	cr_expect_eq(d.sold, 0);
+	cr_expect_eq(d.version, 1);
+	cr_assert_eq(store_mongo_adjust(x.st, "new-rel", false, 25, NULL), 0, "creates it");
+	expect_doc(x.st, "new-rel", 25, 0, 1);
+
+	cr_assert_eq(store_mongo_seed(x.st, "a", 10), 0);
+	cr_assert_eq(store_mongo_take(x.st, "a", 4, NULL), 0);
+	cr_assert_eq(store_mongo_adjust(x.st, "a", false, 20, &d), 0);
+	cr_expect_eq(d.stock, 26);
+	cr_expect_eq(d.sold, 4, "sold is kept");
+	cr_expect_eq(d.version, 3);
+	cr_assert_eq(store_mongo_adjust(x.st, "a", true, 5, &d), 0);
+	expect_doc(x.st, "a", 5, 4, 4);
+	cr_expect_eq(store_mongo_adjust(x.st, "a", false, STOCK_COUNT_MAX, &d), STOCK_ERANGE);
+	expect_doc(x.st, "a", 5, 4, 4);
+	cr_assert_eq(store_mongo_adjust(x.st, "a", false, STOCK_COUNT_MAX - 5, NULL), 0,
+	    "exactly the limit");
+	expect_doc(x.st, "a", STOCK_COUNT_MAX, 4, 5);
+	cr_expect_eq(store_mongo_adjust(x.st, "a", true, STOCK_COUNT_MAX + 1, NULL), STOCK_EINVAL);
+	cr_expect_eq(store_mongo_adjust(x.st, "", true, 1, NULL), STOCK_EINVAL);
+	mfx_fini(&x);
+}
+
+MONGO_TEST(store_mongo, lease_cas)
+{
+	struct mfx x;
+	struct store_mongo_view v;
+	struct store_lease l0 = mklease(0, 0, 0, 1000, false), l1, l2, l3, l4;
+	const struct store_lease *got;
+	const char *sku = "OneStock:lease";
+
+	mfx_init(&x);
+	cr_assert_eq(store_mongo_seed(x.st, sku, 100), 0);
+	cr_expect_eq(store_mongo_lease_cas(x.st, "OneStock:none", "hostA", NULL, &l0, 0, 0, 0, &v),
+	    STOCK_ENOENT);
+
+	/* Open. */
+	cr_assert_eq(store_mongo_lease_cas(x.st, sku, "hostA", NULL, &l0, 0, 0, 0, &v), 0);
+	cr_expect_eq(v.doc.version, 2);
+	cr_assert_not_null(got = lease_of(&v, "hostA"));
+	cr_expect(lease_same(got, &l0));
+	cr_expect_eq(store_mongo_lease_cas(x.st, sku, "hostA", NULL, &l0, 0, 0, 0, &v),
+	    STOCK_ECONFLICT, "a second open conflicts");
+
+	/* Grant 30 units from stock. */
+	l1 = mklease(30, 0, 0, 2000, false);
+	cr_assert_eq(store_mongo_lease_cas(x.st, sku, "hostA", &l0, &l1, -30, 0, 0, &v), 0);
+	cr_expect_eq(v.doc.stock, 70);
+	cr_expect_eq(v.doc.version, 3);
+	cr_expect_eq(lease_of(&v, "hostA")->granted, 30);
+
+	/* Record 10 sold through the lease. */
+	l2 = mklease(30, 10, 0, 2000, false);
+	cr_assert_eq(store_mongo_lease_cas(x.st, sku, "hostA", &l1, &l2, 0, 10, 0, &v), 0);
+	cr_expect_eq(v.doc.sold, 10);
+	cr_expect_eq(v.doc.stock, 70);
+
+	/* A stale expectation conflicts and changes nothing. */
+	cr_expect_eq(store_mongo_lease_cas(x.st, sku, "hostA", &l1, &l2, 0, 10, 0, &v),
+	    STOCK_ECONFLICT);
+	cr_expect_eq(v.doc.sold, 10, "@after: the current state");
+	cr_expect_eq(view_of(x.st, sku).doc.version, 4);
+
+	/* A grant beyond the stock: sold out, nothing changed. */
+	l3 = mklease(1030, 10, 0, 2000, false);
+	cr_expect_eq(store_mongo_lease_cas(x.st, sku, "hostA", &l2, &l3, -1000, 0, 0, &v),
+	    STOCK_ESOLDOUT);
+	v = view_of(x.st, sku);
+	cr_expect_eq(v.doc.stock, 70);
+	cr_expect_eq(lease_of(&v, "hostA")->granted, 30);
+
+	/* Return 5, then another host reclaims the 15 outstanding into lost. */
+	l3 = mklease(30, 10, 5, 2000, false);
+	cr_assert_eq(store_mongo_lease_cas(x.st, sku, "hostA", &l2, &l3, 5, 0, 0, &v), 0);
+	cr_expect_eq(v.doc.stock, 75);
+	l4 = mklease(30, 10, 20, 2000, true);
+	cr_assert_eq(store_mongo_lease_cas(x.st, sku, "hostA", &l3, &l4, 0, 0, 15, &v), 0);
+	cr_expect_eq(v.lost, 15);
+	got = lease_of(&v, "hostA");
+	cr_assert_not_null(got);
+	cr_expect(got->reclaimed);
+	cr_expect_eq(got->returned, 20);
+	cr_expect_eq(v.doc.version, 6);
+	/* Units leave lost only as far as it holds them (here: back to stock). */
+	l0 = mklease(30, 10, 20, 3000, true);
+	cr_expect_eq(store_mongo_lease_cas(x.st, sku, "hostA", &l4, &l0, 16, 0, -16, &v),
+	    STOCK_ESOLDOUT, "lost would go negative");
+	cr_assert_eq(store_mongo_lease_cas(x.st, sku, "hostA", &l4, &l0, 4, 0, -4, &v), 0);
+	cr_expect_eq(v.lost, 11);
+	cr_expect_eq(v.doc.stock, 79);
+	cr_expect_eq(v.doc.sold, 10);
+
+	/* Arguments. */
+	l1 = mklease(1, 0, 0, 0, false);
+	cr_expect_eq(store_mongo_lease_cas(x.st, sku, "a.b", NULL, &l1, 0, 0, 0, NULL), STOCK_EINVAL);
+	cr_expect_eq(store_mongo_lease_cas(x.st, sku, "$x", NULL, &l1, 0, 0, 0, NULL), STOCK_EINVAL);
+	cr_expect_eq(store_mongo_lease_cas(x.st, sku, "", NULL, &l1, 0, 0, 0, NULL), STOCK_EINVAL);
+	cr_expect_eq(store_mongo_lease_cas(x.st, sku, NULL, NULL, &l1, 0, 0, 0, NULL), STOCK_EINVAL);
+	{
+		char longhost[STORE_HOST_MAX + 2];
+
+		memset(longhost, 'h', sizeof longhost - 1);
+		longhost[sizeof longhost - 1] = '\0';
+		cr_expect_eq(store_mongo_lease_cas(x.st, sku, longhost, NULL, &l1, 0, 0, 0, NULL),
+		    STOCK_EINVAL);
+		longhost[STORE_HOST_MAX] = '\0';
+		cr_expect_eq(store_mongo_lease_cas(x.st, sku, longhost, NULL, &l1, -1, 0, 0, NULL), 0,
+		    "64 characters are fine");
+	}
+	cr_expect_eq(store_mongo_lease_cas(x.st, sku, "hostB", NULL, NULL, 0, 0, 0, NULL),
+	    STOCK_EINVAL);
+	cr_expect_eq(store_mongo_lease_cas(x.st, NULL, "hostB", NULL, &l1, 0, 0, 0, NULL),
+	    STOCK_EINVAL);
+	cr_expect_eq(store_mongo_lease_cas(x.st, sku, "hostA", &l0, &l0, 0, 0, 0, NULL),
+	    STOCK_EINVAL, "next == expect: the outcome of an ESYS could not be told");
+	l2 = mklease(29, 9, 20, 3000, true);
+	cr_expect_eq(store_mongo_lease_cas(x.st, sku, "hostA", &l0, &l2, 0, 0, 0, NULL),
+	    STOCK_EINVAL, "granted must not decrease");
+	l2 = mklease(30, 9, 20, 3000, true);
+	cr_expect_eq(store_mongo_lease_cas(x.st, sku, "hostA", &l0, &l2, 0, 0, 0, NULL),
+	    STOCK_EINVAL, "sold must not decrease");
+	l2 = mklease(30, 11, 20, 3000, true);
+	cr_expect_eq(store_mongo_lease_cas(x.st, sku, "hostA", &l0, &l2, 0, 1, 0, NULL),
+	    STOCK_EINVAL, "sold + returned > granted");
+	l2 = mklease(30, 10, 20, 4000, true);
+	cr_expect_eq(store_mongo_lease_cas(x.st, sku, "hostA", &l0, &l2, 0, -1, 0, NULL),
+	    STOCK_EINVAL, "sold is cumulative");
+	cr_expect_eq(store_mongo_lease_cas(x.st, sku, "hostA", &l0, &l2, -(int64_t)STOCK_COUNT_MAX - 1,
+	                 0, 0, NULL),
+	    STOCK_EINVAL);
+	mfx_fini(&x);
+}
+
+#define GRANTERS 8
+#define GRANT_STOCK 60
+
+struct granter {
+	store_t *st;
+	char host[32];
+	uint64_t granted;
+	int errors;
+};
+
+static void *
+granter_fn(void *arg)
+{
+	struct granter *g = arg;
+	struct store_lease cur = mklease(0, 0, 0, 1, false), next;
+	uint64_t k = 3;
+	int rc;
+
+	if (store_mongo_lease_cas(g->st, "OneStock:grants", g->host, NULL, &cur, 0, 0, 0, NULL) != 0) {
+		g->errors++;
+		return NULL;
+	}
+	for (;;) {
+		next = cur;
+		next.granted += k;
+		rc = store_mongo_lease_cas(g->st, "OneStock:grants", g->host, &cur, &next,
+		    -(int64_t)k, 0, 0, NULL);
+		if (rc == 0) {
+			cur = next;
+			g->granted += k;
+		} else if (rc == STOCK_ESOLDOUT && k > 1) {
+			k = 1;
+		} else {
+			if (rc != STOCK_ESOLDOUT)
+				g->errors++;
+			break;
+		}
+	}
+	return NULL;
+}
+
+MONGO_TEST(store_mongo, concurrent_grants_never_oversell)
+{
+	struct mfx x;
+	pthread_t th[GRANTERS];
+	struct granter g[GRANTERS];
+	struct store_mongo_view v;
+	uint64_t total = 0, in_doc = 0;
+
+	mfx_init(&x);
+	cr_assert_eq(store_mongo_seed(x.st, "OneStock:grants", GRANT_STOCK), 0);
+	for (int i = 0; i < GRANTERS; i++) {
+		memset(&g[i], 0, sizeof g[i]);
+		g[i].st = x.st;
+		snprintf(g[i].host, sizeof g[i].host, "host-%d", i);
+		cr_assert_eq(pthread_create(&th[i], NULL, granter_fn, &g[i]), 0);
+	}
+	for (int i = 0; i < GRANTERS; i++) {
+		pthread_join(th[i], NULL);
+		cr_expect_eq(g[i].errors, 0, "granter %d ended on an error", i);
+		total += g[i].granted;
+	}
+	cr_expect_eq(total, GRANT_STOCK, "granted %llu", (unsigned long long)total);
+	v = view_of(x.st, "OneStock:grants");
+	cr_expect_eq(v.doc.stock, 0);
+	cr_expect_eq(v.nleases, GRANTERS);
+	for (size_t i = 0; i < v.nleases; i++)
+		in_doc += v.leases[i].lease.granted;
+	cr_expect_eq(in_doc, GRANT_STOCK, "the leases hold exactly the initial stock");
+	mfx_fini(&x);
+}
+
+static int
+count_views(const struct store_mongo_view *v, void *arg)
+{
+	(void)v;
+	++*(int *)arg;
+	return 0;
+}
+
+MONGO_TEST(store_mongo, views_parse_leases_lost_and_number_types)
+{
+	struct mfx x;
+	struct store_mongo_view v;
+	const struct store_lease *l;
+	char json[4096];
+	size_t o;
+	int n = 0;
+
+	mfx_init(&x);
+	/* int32 and integral doubles, as the mongo shell writes them. */
+	raw_insert(&x, "OneStock",
+	    "{\"_id\": \"OneStock:raw\", \"stock\": 5, \"sold\": 2.0, \"version\": {\"$numberLong\": "
+	    "\"9\"}, \"lost\": 3, \"extra\": \"ignored\", \"leases\": {\"h1\": {\"granted\": 10, "
+	    "\"sold\": 4, \"returned\": 1, \"expires\": {\"$numberLong\": \"1700000000000\"}, "
+	    "\"reclaimed\": false}, \"h-2_x\": {\"granted\": 2, \"sold\": 0, \"returned\": 2, "
+	    "\"expires\": 0, \"reclaimed\": true}}}");
+	v = view_of(x.st, "OneStock:raw");
+	cr_expect_str_eq(v.doc.sku, "OneStock:raw");
+	cr_expect_eq(v.doc.stock, 5);
+	cr_expect_eq(v.doc.sold, 2);
+	cr_expect_eq(v.doc.version, 9);
+	cr_expect_eq(v.lost, 3);
+	cr_expect_eq(v.nleases, 2);
+	cr_assert_not_null(l = lease_of(&v, "h1"));
+	cr_expect_eq(l->granted, 10);
+	cr_expect_eq(l->sold, 4);
+	cr_expect_eq(l->returned, 1);
+	cr_expect_eq(l->expires_ms, 1700000000000LL);
+	cr_expect_not(l->reclaimed);
+	cr_assert_not_null(l = lease_of(&v, "h-2_x"));
+	cr_expect(l->reclaimed);
+	expect_doc(x.st, "OneStock:raw", 5, 2, 9);
+
+	/* No lost, no leases: zeros. */
+	raw_insert(&x, "ManyStock", "{\"_id\": \"plain\", \"stock\": 1, \"sold\": 0, \"version\": 1}");
+	v = view_of(x.st, "plain");
+	cr_expect_eq(v.lost, 0);
+	cr_expect_eq(v.nleases, 0);
+
+	/* More leases than a view holds: the extra ones are ignored, logged once. */
+	o = (size_t)snprintf(json, sizeof json,
+	    "{\"_id\": \"many-leases\", \"stock\": 1, \"sold\": 0, \"version\": 1, \"leases\": {");
+	for (int i = 0; i < STORE_LEASES_MAX + 2; i++)
+		o += (size_t)snprintf(json + o, sizeof json - o,
+		    "%s\"h%d\": {\"granted\": 1, \"sold\": 0, \"returned\": 0, \"expires\": 5, "
+		    "\"reclaimed\": false}",
+		    i ? ", " : "", i);
+	snprintf(json + o, sizeof json - o, "}}");
+	raw_insert(&x, "ManyStock", json);
+	v = view_of(x.st, "many-leases");
+	cr_expect_eq(v.nleases, STORE_LEASES_MAX);
+	v = view_of(x.st, "many-leases");
+	cr_expect(logcap_has(&x.p->log, "more than 16 leases"), "log: %s", x.p->log.text);
+
+	/* Negative counts are corrupt: the view fails, the walks skip it. */
+	raw_insert(&x, "ManyStock", "{\"_id\": \"neg\", \"stock\": -1, \"sold\": 0, \"version\": 1}");
+	raw_insert(&x, "ManyStock",
+	    "{\"_id\": \"negl\", \"stock\": 1, \"sold\": 0, \"version\": 1, \"lost\": -2}");
+	cr_expect_eq(store_mongo_view(x.st, "neg", &v), STOCK_ESYS);
+	cr_expect(logcap_has(&x.p->log, "corrupt"), "log: %s", x.p->log.text);
+	cr_expect_eq(store_mongo_view(x.st, "negl", &v), STOCK_ESYS);
+	cr_assert_eq(store_mongo_view_all(x.st, count_views, &n), 0);
+	cr_expect_eq(n, 3, "raw, plain and many-leases; the negative ones skipped");
+	cr_expect_eq(store_mongo_view(x.st, "absent", &v), STOCK_ENOENT);
+	cr_expect_eq(store_mongo_view(x.st, "", &v), STOCK_EINVAL);
+	mfx_fini(&x);
+}
+
+MONGO_TEST(store_mongo, append_keeps_leases_and_lost)
+{
+	struct mfx x;
+	struct store_mongo_view v;
+	struct store_lease l0 = mklease(0, 0, 0, 7, false), l1 = mklease(10, 0, 0, 7, false);
+	struct store_lease l2 = mklease(10, 0, 4, 7, true);
+	struct store_doc d;
+
+	mfx_init(&x);
+	cr_assert_eq(store_mongo_seed(x.st, "OneStock:k", 50), 0);
+	cr_assert_eq(store_mongo_lease_cas(x.st, "OneStock:k", "h", NULL, &l0, 0, 0, 0, NULL), 0);
+	cr_assert_eq(store_mongo_lease_cas(x.st, "OneStock:k", "h", &l0, &l1, -10, 0, 0, NULL), 0);
+	cr_assert_eq(store_mongo_lease_cas(x.st, "OneStock:k", "h", &l1, &l2, 0, 0, 6, &v), 0);
+	cr_expect_eq(v.doc.version, 4);
+	d = mkdoc("OneStock:k", 33, 7, 10);
+	cr_assert_eq(store_append(x.st, &d, true), 0);
+	v = view_of(x.st, "OneStock:k");
+	cr_expect_eq(v.doc.stock, 33);
+	cr_expect_eq(v.doc.sold, 7);
+	cr_expect_eq(v.doc.version, 10);
+	cr_expect_eq(v.lost, 6, "lost survives an append");
+	cr_assert_eq(v.nleases, 1, "the lease survives an append");
+	cr_expect(lease_same(&v.leases[0].lease, &l2));
+	d = mkdoc("OneStock:k", 1, 1, 9);
+	cr_assert_eq(store_append(x.st, &d, false), 0);
+	cr_assert_eq(store_sync(x.st), 0);
+	v = view_of(x.st, "OneStock:k");
+	cr_expect_eq(v.doc.version, 10, "an older write-behind state loses");
+	cr_expect_eq(v.nleases, 1);
+	mfx_fini(&x);
+}
+
+/* Needs no MongoDB: nobody listens on port 1. */
+Test(store_mongo, open_fails_fast_on_a_dead_server)
+{
+	struct store_mongo_options o = { 0 };
+	store_t *st = (store_t *)&o;
+	char err[512];
+	uint64_t t0, ms;
+	int rc;
+
+	pthread_once(&test_mongo_once, test_mongo_init);
+	o.uri = "mongodb://127.0.0.1:1/";
+	o.timeout_ms = 300;
+	t0 = stock_now_ns();
+	rc = store_mongo_open(&st, &o, err, sizeof err);
+	ms = (stock_now_ns() - t0) / 1000000;
+	cr_expect_eq(rc, STOCK_ESYS, "%s", stock_err_name(rc));
+	cr_expect_null(st);
+	cr_expect_lt(ms, 3000, "took %llu ms", (unsigned long long)ms);
+	cr_expect_not_null(strstr(err, "127.0.0.1:1"), "%s", err);
+	cr_expect_not_null(strstr(err, "unreachable"), "%s", err);
+
+	o.uri = "http://not-a-mongodb-uri";
+	cr_expect_eq(store_mongo_open(&st, &o, err, sizeof err), STOCK_EINVAL);
+	cr_expect_not_null(strstr(err, "bad URI"), "%s", err);
+	o.uri = NULL;
+	cr_expect_eq(store_mongo_open(&st, &o, err, sizeof err), STOCK_EINVAL);
+	cr_expect_eq(store_mongo_open(NULL, &o, err, sizeof err), STOCK_EINVAL);
+	cr_expect_not(store_is_mongo(NULL));
+}
+
+/* ====================================================================== */
+/* MongoDB store: a server that goes away and comes back                   */
+/* ====================================================================== */
+
+/*
+ * A TCP proxy in front of the test server, on a port of its own: "down"
+ * closes the listener and every connection (new ones are refused), "up"
+ * listens on the same port again. The store under test only knows the
+ * proxy, so this is a dead server as far as it can tell.
+ */
+#define PROXY_PAIRS 32
+
+struct proxy {
+	uint16_t port, upstream;
+	int lfd;
+	int stop[2];
+	pthread_t th;
+	int fds[PROXY_PAIRS][2]; /* client side, server side; -1: free */
+};
+
+static int
+proxy_connect_upstream(uint16_t port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
+}
+
+static bool
+proxy_pump(int from, int to)
+{
+	char buf[16384];
+	ssize_t n = read(from, buf, sizeof buf);
+
+	for (ssize_t o = 0; n > 0 && o < n;) {
+		ssize_t w = write(to, buf + o, (size_t)(n - o));
+
+		if (w <= 0)
+			return false;
+		o += w;
+	}
+	return n > 0;
+}
+
+static void *
+proxy_main(void *arg)
+{
+	struct proxy *p = arg;
+
+	for (;;) {
+		struct pollfd pf[2 + 2 * PROXY_PAIRS];
+		int map[2 + 2 * PROXY_PAIRS], n = 0;
+
+		pf[n] = (struct pollfd){ .fd = p->stop[0], .events = POLLIN };
+		map[n++] = -1;
+		pf[n] = (struct pollfd){ .fd = p->lfd, .events = POLLIN };
+		map[n++] = -2;
+		for (int i = 0; i < PROXY_PAIRS; i++)
+			for (int k = 0; k < 2 && p->fds[i][0] >= 0; k++) {
+				pf[n] = (struct pollfd){ .fd = p->fds[i][k], .events = POLLIN };
+				map[n++] = i * 2 + k;
+			}
+		if (poll(pf, (nfds_t)n, -1) < 0)
+			continue;
+		if (pf[0].revents)
+			break;
+		if (pf[1].revents & POLLIN) {
+			int c = accept4(p->lfd, NULL, NULL, SOCK_CLOEXEC), u = -1, i;
+
+			for (i = 0; i < PROXY_PAIRS && p->fds[i][0] >= 0; i++)
+				;
+			if (c >= 0 && i < PROXY_PAIRS && (u = proxy_connect_upstream(p->upstream)) >= 0) {
+				p->fds[i][0] = c;
+				p->fds[i][1] = u;
+			} else if (c >= 0) {
+				close(c);
+			}
+			continue; /* the poll set changed */
+		}
+		for (int j = 2; j < n; j++) {
+			int i = map[j] / 2, k = map[j] % 2;
+
+			if (pf[j].revents == 0 || p->fds[i][0] < 0)
+				continue;
+			if (!proxy_pump(p->fds[i][k], p->fds[i][1 - k])) {
+				close(p->fds[i][0]);
+				close(p->fds[i][1]);
+				p->fds[i][0] = p->fds[i][1] = -1;
+			}
+		}
+	}
+	for (int i = 0; i < PROXY_PAIRS; i++)
+		if (p->fds[i][0] >= 0) {
+			close(p->fds[i][0]);
+			close(p->fds[i][1]);
+			p->fds[i][0] = p->fds[i][1] = -1;
+		}
+	return NULL;
+}
+
+/* Listen (on p->port, or a fresh port when 0) and start forwarding. */
+static void
+proxy_up(struct proxy *p)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(p->port) };
+	socklen_t len = sizeof a;
+	int one = 1;
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	p->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(p->lfd, 0);
+	setsockopt(p->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	cr_assert_eq(bind(p->lfd, (struct sockaddr *)&a, sizeof a), 0, "bind: %s", strerror(errno));
+	cr_assert_eq(listen(p->lfd, 64), 0);
+	cr_assert_eq(getsockname(p->lfd, (struct sockaddr *)&a, &len), 0);
+	p->port = ntohs(a.sin_port);
+	cr_assert_eq(pipe2(p->stop, O_CLOEXEC), 0);
+	for (int i = 0; i < PROXY_PAIRS; i++)
+		p->fds[i][0] = p->fds[i][1] = -1;
+	cr_assert_eq(pthread_create(&p->th, NULL, proxy_main, p), 0);
+}
+
+/* Refuse new connections and cut the open ones. */
+static void
+proxy_down(struct proxy *p)
+{
+	cr_assert_eq(write(p->stop[1], "x", 1), 1);
+	pthread_join(p->th, NULL);
+	close(p->lfd);
+	close(p->stop[0]);
+	close(p->stop[1]);
+}
+
+static void
+proxy_init(struct proxy *p)
+{
+	const char *uri = getenv("STOCK_TEST_MONGO_URI");
+	const char *colon = uri != NULL ? strrchr(uri, ':') : NULL;
+
+	memset(p, 0, sizeof *p);
+	cr_assert_not_null(colon, "%s", uri);
+	p->upstream = (uint16_t)atoi(colon + 1);
+	cr_assert_gt(p->upstream, 0, "cannot find the port in %s (the proxy needs host:port)", uri);
+	proxy_up(p);
+}
+
+static uint64_t
+ms_since(uint64_t t0)
+{
+	return (stock_now_ns() - t0) / 1000000;
+}
+
+MONGO_TEST(store_mongo, dead_server_fails_fast_then_recovers)
+{
+	struct mongo_place *place = mongo_create();
+	struct store_mongo_options o = { 0 };
+	struct proxy px;
+	store_t *st;
+	struct store_doc d;
+	struct store_stats s;
+	char uri[128], err[512];
+	uint64_t t0;
+	int rc;
+
+	proxy_init(&px);
+	snprintf(uri, sizeof uri, "mongodb://127.0.0.1:%u/", px.port);
+	o.uri = uri;
+	o.database = place->db;
+	o.timeout_ms = 500;
+	o.log = logcap_fn;
+	o.log_arg = &place->log;
+	cr_assert_eq(store_mongo_open(&st, &o, err, sizeof err), 0, "%s", err);
+	d = mkdoc("OneStock:dead", 10, 0, 1);
+	cr_assert_eq(store_append(st, &d, true), 0);
+	cr_expect(store_healthy(st));
+
+	proxy_down(&px);
+	d = mkdoc("OneStock:dead", 9, 1, 2);
+	t0 = stock_now_ns();
+	cr_expect_eq(store_append(st, &d, true), STOCK_ESYS);
+	cr_expect_lt(ms_since(t0), 3000, "durable append took %llu ms",
+	    (unsigned long long)ms_since(t0));
+	cr_expect_not(store_healthy(st));
+	t0 = stock_now_ns();
+	cr_expect_eq(store_mongo_take(st, "OneStock:dead", 1, NULL), STOCK_ESYS);
+	cr_expect_eq(store_get(st, "OneStock:dead", &d), STOCK_ESYS);
+	cr_expect_eq(store_mongo_seed(st, "OneStock:x", 1), STOCK_ESYS);
+	cr_expect_lt(ms_since(t0), 6000, "three calls took %llu ms",
+	    (unsigned long long)ms_since(t0));
+
+	/* Write-behind: sync reports the failure, the record stays queued. */
+	d = mkdoc("OneStock:dead", 8, 2, 3);
+	cr_assert_eq(store_append(st, &d, false), 0);
+	cr_expect_eq(store_sync(st), STOCK_ESYS);
+	s = stats_of(st);
+	cr_expect_eq(s.queue_depth, 1, "the failed record stays queued");
+	cr_expect_gt(s.fsync_failures, 0);
+	cr_expect(WAIT_FOR(logcap_has(&place->log, "write-behind write failed")), "log: %s",
+	    place->log.text);
+
+	/* Back: the pool reconnects by itself, the queue drains. */
+	proxy_up(&px);
+	rc = -1;
+	for (int i = 0; i < 100 && (rc = store_sync(st)) != 0; i++)
+		sleep_ms(50);
+	cr_expect_eq(rc, 0);
+	cr_expect_eq(stats_of(st).queue_depth, 0);
+	expect_doc(st, "OneStock:dead", 8, 2, 3);
+	cr_expect(store_healthy(st));
+	cr_expect(logcap_has(&place->log, "succeed again"), "log: %s", place->log.text);
+
+	/* Close with the server gone: bounded, and what it drops is counted. */
+	d = mkdoc("OneStock:dead", 7, 3, 4);
+	proxy_down(&px);
+	cr_assert_eq(store_append(st, &d, false), 0);
+	t0 = stock_now_ns();
+	store_close(st);
+	cr_expect_lt(ms_since(t0), 5000, "close took %llu ms", (unsigned long long)ms_since(t0));
+	cr_expect(logcap_has(&place->log, "dropped 1 write-behind"), "log: %s", place->log.text);
+	mongo_destroy_place(place);
 }

@@ -14,7 +14,7 @@ VERSION=v1.24.2
 export PATH="$PATH:/usr/local/go/bin"
 command -v go >/dev/null || { echo "ferretdb-install: Go is not installed" >&2; exit 1; }
 BIN=${FERRETDB_BIN:-$(go env GOPATH)/bin/ferretdb}
-if [ -x "$BIN" ] && "$BIN" --version 2>/dev/null | grep -q "version: $VERSION"; then
+if [ -x "$BIN" ] && "$BIN" --version 2>/dev/null | grep "version: $VERSION" >/dev/null; then
 	exit 0
 fi
 work=$(mktemp -d)
@@ -29,4 +29,4 @@ chmod -R u+w src
 echo "$VERSION" > src/build/version/version.txt
 mkdir -p "$(dirname "$BIN")"
 (cd src && go build -o "$BIN" ./cmd/ferretdb)
-"$BIN" --version | head -1
+"$BIN" --version | sed -n 1p

@@ -48,9 +48,20 @@ svc_wait() { # svc_wait <seconds> <command...>
 	return 1
 }
 
-svc_redis_up() { [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
+svc_redis_up() { kill -0 "$SVC_REDIS_PID" 2>/dev/null && [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
 
+# Start on a fresh port, retried on another port if the bind lost a race.
 svc_start_redis() {
+	local fixed=${REDIS_PORT:-} try
+	for try in 1 2 3; do
+		svc_start_redis_once && return 0
+		[ -n "$fixed" ] && return 1
+		REDIS_PORT=
+	done
+	return 1
+}
+
+svc_start_redis_once() {
 	svc_init
 	command -v redis-server >/dev/null || { svc_log "redis-server not installed (make deps)"; return 1; }
 	[ -n "${REDIS_PORT:-}" ] || REDIS_PORT=$(svc_free_port)
@@ -60,6 +71,7 @@ svc_start_redis() {
 	SVC_REDIS_PID=$!
 	if ! svc_wait 30 svc_redis_up; then
 		svc_log "redis-server did not start on port $REDIS_PORT:"; tail -5 "$SVC_DIR/redis/log" >&2
+		kill "$SVC_REDIS_PID" 2>/dev/null; wait "$SVC_REDIS_PID" 2>/dev/null; SVC_REDIS_PID=""
 		return 1
 	fi
 	export REDIS_PORT STOCK_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
@@ -83,13 +95,22 @@ svc_mongo_kind() {
 }
 
 svc_mongo_up() {
-	# A hello round trip through libmongoc's wire protocol is not available to
-	# bash; a TCP connect plus the server's own "waiting for connections"
-	# log line (ferretdb: "Listening on") is the readiness signal.
-	(exec 3<>"/dev/tcp/127.0.0.1/$MONGO_PORT") 2>/dev/null
+	# Our server process is alive and its port accepts connections (FerretDB
+	# and mongod listen only once they can serve).
+	kill -0 "$SVC_MONGO_PID" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$MONGO_PORT") 2>/dev/null
 }
 
 svc_start_mongo() {
+	local fixed=${MONGO_PORT:-} try
+	for try in 1 2 3; do
+		svc_start_mongo_once && return 0
+		[ -n "$fixed" ] || [ -n "$SVC_MONGO_EXTERNAL" ] && return 1
+		MONGO_PORT=
+	done
+	return 1
+}
+
+svc_start_mongo_once() {
 	svc_init
 	if [ -n "${STOCK_TEST_MONGO_URI:-}" ] && [ -z "$SVC_MONGO_PID" ] && [ -z "${MONGO_KIND:-}" ]; then
 		SVC_MONGO_EXTERNAL=1
@@ -118,6 +139,7 @@ svc_start_mongo() {
 	SVC_MONGO_PID=$!
 	if ! svc_wait 30 svc_mongo_up; then
 		svc_log "$MONGO_KIND did not start on port $MONGO_PORT:"; tail -5 "$SVC_DIR/mongo/log" >&2
+		kill "$SVC_MONGO_PID" 2>/dev/null; wait "$SVC_MONGO_PID" 2>/dev/null; SVC_MONGO_PID=""
 		return 1
 	fi
 	export MONGO_KIND MONGO_PORT STOCK_TEST_MONGO_URI="mongodb://127.0.0.1:$MONGO_PORT/"

@@ -1,0 +1,337 @@
+#!/usr/bin/env bash
+# Several instances, one MongoDB, one Redis: the tests of docs/server.md
+# "Several instances". Starts a real redis-server and a MongoDB-compatible
+# server (tests/services/services.sh: $STOCK_TEST_MONGO_URI, mongod, or
+# FerretDB) on ephemeral ports, three demo-server instances on free ports with
+# their own data dirs, and checks, reading MongoDB directly (mongo_docs):
+#   1. buyers spread over all three instances until sold out, for Db and for
+#      every lease-backed strategy: sold == initial exactly, no 5xx;
+#   2. kill -9 of one instance mid-load, restart: no acknowledged buy lost,
+#      nothing oversold, totals exact after reconciliation;
+#   3. a lease of an instance that never comes back is reclaimed (quarantined
+#      in `lost`) after the lease timeout; when it does come back it settles;
+#   4. Redis: B's peek shows A's buys within a stated bound; redis-server
+#      restarted mid-test: instances reconnect, caches converge;
+#   5. MongoDB down mid-test: fast 503s, no crash, no lost or doubled buy;
+#      back up: service resumes by itself.
+# Without a MongoDB-compatible server or redis-server the whole file reports
+# itself SKIPPED, loudly; under CI=true that is a failure.
+#
+#   tests/server/multi_test.sh path/to/demo-server path/to/mongo_docs
+set -uo pipefail
+BIN=${1:?usage: multi_test.sh demo-server mongo_docs}
+DOCS=${2:?usage: multi_test.sh demo-server mongo_docs}
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+DOCS=$(cd "$(dirname "$DOCS")" && pwd)/$(basename "$DOCS")
+HERE=$(cd "$(dirname "$0")" && pwd)
+LUA=$HERE/../load/buy.lua
+. "$HERE/../services/services.sh"
+TMP=$(mktemp -d)
+TOKEN=multi-token-0123456789abcdef
+export STOCK_ADMIN_TOKEN=$TOKEN
+declare -A PID PORT
+pass=0
+fail=0
+RUN=0
+
+cleanup() {
+	for i in "${!PID[@]}"; do [ -n "${PID[$i]}" ] && kill -9 "${PID[$i]}" 2>/dev/null; done
+	svc_stop_all
+	rm -rf "$TMP"
+}
+svc_init
+trap cleanup EXIT
+
+skip_all() {
+	echo "*** SKIPPED: tests/server/multi_test.sh (all scenarios): $* ***" >&2
+	if [ "${CI:-}" = true ]; then echo "FAIL - a skip is a failure under CI=true"; exit 1; fi
+	exit 0
+}
+command -v jq >/dev/null || skip_all "jq not installed (make deps)"
+command -v wrk >/dev/null || skip_all "wrk not installed (make deps)"
+svc_start_redis || skip_all "no redis-server"
+svc_start_mongo || skip_all "no MongoDB-compatible server"
+"$DOCS" "$STOCK_TEST_MONGO_URI" admin --ping || skip_all "MongoDB does not answer"
+echo "multi: MongoDB kind: $MONGO_KIND at $STOCK_TEST_MONGO_URI, redis at $STOCK_TEST_REDIS_URL"
+
+ok() { pass=$((pass + 1)); echo "ok - $*"; }
+bad() { fail=$((fail + 1)); echo "FAIL - $*"; }
+check() { # NAME CONDITION-STRING
+	if eval "$2"; then ok "$1"; else bad "$1 ($2)"; fi
+}
+
+# --- instances --------------------------------------------------------------
+
+DB=
+new_db() { RUN=$((RUN + 1)); DB="stocktest_$$_$RUN"; }
+
+# start I [flags...]: instance I (host inst$I), data dir $TMP/$DB/iI, free port.
+start() {
+	local i=$1; shift
+	local dir=$TMP/$DB/i$i
+	mkdir -p "$dir"
+	for _ in $(seq 1 20); do
+		PORT[$i]=$((20000 + RANDOM % 40000))
+		"$BIN" --listen "127.0.0.1:${PORT[$i]}" --data-dir "$dir" --threads 32 \
+			--mongo "$STOCK_TEST_MONGO_URI" --mongo-db "$DB" --redis "$STOCK_TEST_REDIS_URL" \
+			--host-id "inst$i" "$@" 2>>"$TMP/inst$i.log" &
+		PID[$i]=$!
+		for _ in $(seq 1 200); do
+			[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${PORT[$i]}/health/ready")" = 200 ] && return 0
+			kill -0 "${PID[$i]}" 2>/dev/null || break
+			sleep 0.05
+		done
+		kill -9 "${PID[$i]}" 2>/dev/null; wait "${PID[$i]}" 2>/dev/null; PID[$i]=
+		grep -q "cannot listen" "$TMP/inst$i.log" || break
+	done
+	echo "cannot start instance $i; log:"; tail -20 "$TMP/inst$i.log"; exit 1
+}
+kill9() { kill -9 "${PID[$1]}" 2>/dev/null; wait "${PID[$1]}" 2>/dev/null; PID[$1]=; }
+stop() { # SIGTERM: drain, record, return leases
+	[ -n "${PID[$1]}" ] || return 0
+	kill -TERM "${PID[$1]}"; wait "${PID[$1]}"; local rc=$?; PID[$1]=
+	[ $rc -eq 0 ] || bad "instance $1 exited $rc on SIGTERM"
+}
+stop_all() { for i in 1 2 3; do stop $i; done; }
+
+url() { echo "http://127.0.0.1:${PORT[$1]}$2"; }
+code() { curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X "$1" "$(url "$2" "$3")" "${@:4}"; }
+
+# doc SKU -> the document as one JSON line (relaxed extended JSON)
+doc() { "$DOCS" "$STOCK_TEST_MONGO_URI" "$DB" | jq -c --arg id "$1" 'select(._id == $id)'; }
+field() { doc "$1" | jq -r "$2"; }
+# conservation: stock + sold + lost + sum(held of live leases) must equal the initial stock
+total_of() {
+	doc "$1" | jq '.stock + .sold + (.lost // 0) + ([(.leases // {}) | to_entries[] | .value |
+		select(.reclaimed != true) | .granted - .sold - .returned] | add // 0)'
+}
+held_of() { doc "$1" | jq '[(.leases // {}) | to_entries[] | .value | .granted - .sold - .returned] | add // 0'; }
+
+# wrk_buy OUT I PATH SECONDS: load one instance, tally of statuses in OUT
+wrk_buy() {
+	wrk -t1 -c8 -d"$4"s -s "$LUA" "$(url "$2" "$3")" >"$1" 2>&1
+}
+status_count() { # FILE CODE
+	local n; n=$(sed -n "s/^status $2: \([0-9]*\)$/\1/p" "$1"); echo "${n:-0}"
+}
+fivexx() { # FILE: number of 5xx answers
+	awk '/^status 5[0-9][0-9]:/ {s += $3} END {print s + 0}' "$1"
+}
+# sweep PATH: buy one at a time from each instance until a full round sells nothing
+sweep() {
+	local path=$1 sold=0 round c
+	while :; do
+		round=0
+		for i in 1 2 3; do
+			[ -n "${PID[$i]}" ] || continue
+			for _ in $(seq 1 100000); do
+				c=$(code POST "$i" "$path")
+				if [ "$c" = 200 ]; then round=$((round + 1)); else break; fi
+			done
+			if [ "$c" != 409 ]; then
+				echo "sweep $path on instance $i ended with $c" >>"$TMP/sweep_failures"
+				echo "$((sold + round))"; return
+			fi
+		done
+		sold=$((sold + round))
+		[ $round -eq 0 ] && break
+		sleep 0.2
+	done
+	echo "$sold"
+}
+
+# --- 1. sold out across three instances, every strategy --------------------
+s1() {
+
+INITIAL=600
+new_db
+for i in 1 2 3; do start $i --initial-stock $INITIAL --lease-block 50; done
+for spec in "OneStock:Db /api/v1/OneStock/Db/Buy" \
+	"OneStock:Atomic /api/v1/OneStock/Cache/Atomic/Buy" \
+	"OneStock:Signal /api/v1/OneStock/Cache/Signal/Buy" \
+	"OneStock:Lock /api/v1/OneStock/Cache/Lock/Buy" \
+	"NVDA /api/v1/ManyStock/Cache/BuyFastAtomic/NVDA"; do
+	set -- $spec
+	sku=$1 path=$2
+	wpids=()
+	for i in 1 2 3; do wrk_buy "$TMP/w$i" $i "$path" 2 & wpids+=($!); done
+	wait "${wpids[@]}"
+	acked=0 errs=0
+	for i in 1 2 3; do
+		acked=$((acked + $(status_count "$TMP/w$i" 200)))
+		errs=$((errs + $(fivexx "$TMP/w$i")))
+	done
+	rm -f "$TMP/sweep_failures"
+	swept=$(sweep "$path")
+	acked=$((acked + swept))
+	check "sold out: $sku sweeps end in 409 on every instance" "[ ! -s $TMP/sweep_failures ]"
+	sold=$(field "$sku" .sold)
+	# lease-backed: sales are recorded within --record-ms; wait for it
+	for _ in $(seq 1 50); do [ "$sold" = "$INITIAL" ] && break; sleep 0.1; sold=$(field "$sku" .sold); done
+	check "sold out over 3 instances: $sku acknowledged $acked (wrk + sweep $swept) == $INITIAL" \
+		"[ $acked -eq $INITIAL ]"
+	check "sold out: $sku MongoDB sold $sold == $INITIAL, stock $(field "$sku" .stock) == 0" \
+		"[ '$sold' = $INITIAL ] && [ \"\$(field $sku .stock)\" = 0 ]"
+	check "sold out: $sku no 5xx under load ($errs)" "[ $errs -eq 0 ]"
+	check "sold out: $sku every instance answers 409" \
+		"[ \"\$(code POST 1 $path)\$(code POST 2 $path)\$(code POST 3 $path)\" = 409409409 ]"
+done
+stop_all
+for sku in OneStock:Atomic NVDA; do
+	check "after SIGTERM: $sku conserved (total $(total_of $sku) == $INITIAL), no lease held" \
+		"[ \"\$(total_of $sku)\" = $INITIAL ] && [ \"\$(held_of $sku)\" = 0 ]"
+done
+
+}
+
+# --- 2. kill -9 one instance mid-load, restart ------------------------------
+s2() {
+
+INITIAL=1000000
+new_db
+for i in 1 2 3; do start $i --initial-stock $INITIAL --lease-block 200 --record-ms 50; done
+for spec in "OneStock:Db /api/v1/OneStock/Db/Buy" "OneStock:Atomic /api/v1/OneStock/Cache/Atomic/Buy"; do
+	set -- $spec
+	sku=$1 path=$2
+	wpids=()
+	for i in 1 2 3; do wrk_buy "$TMP/k$i" $i "$path" 3 & wpids+=($!); done
+	sleep 1
+	kill9 3
+	sleep 0.5
+	start 3 --initial-stock $INITIAL --lease-block 200 --record-ms 50
+	wait "${wpids[@]}"
+	acked=0 errs=0
+	for i in 1 2 3; do
+		acked=$((acked + $(status_count "$TMP/k$i" 200)))
+		errs=$((errs + $(fivexx "$TMP/k$i")))
+	done
+	# Let the lease holders record (record-ms 50) and go idle.
+	sleep 0.5
+	sold=$(field "$sku" .sold)
+	total=$(total_of "$sku")
+	check "kill -9: $sku no acknowledged buy lost (MongoDB sold $sold >= acknowledged $acked)" \
+		"[ $sold -ge $acked ]"
+	check "kill -9: $sku at most the killed instance's in-flight buys unacknowledged ($((sold - acked)) <= 8)" \
+		"[ $((sold - acked)) -le 8 ]"
+	check "kill -9: $sku nothing oversold (stock+sold+lost+held = $total == $INITIAL)" \
+		"[ $total -eq $INITIAL ]"
+	check "kill -9: $sku no 5xx from the instances that stayed up" \
+		"[ $(fivexx "$TMP/k1") -eq 0 ] && [ $(fivexx "$TMP/k2") -eq 0 ]"
+	check "kill -9: $sku nothing quarantined after the restart (lost $(field "$sku" '.lost // 0'))" \
+		"[ \"\$(field $sku '.lost // 0')\" = 0 ]"
+done
+stop_all
+sku=OneStock:Atomic
+check "kill -9: after SIGTERM of all, $sku stock + sold == initial exactly" \
+	"[ \$((\$(field $sku .stock) + \$(field $sku .sold))) -eq $INITIAL ] && [ \"\$(held_of $sku)\" = 0 ]"
+
+}
+
+# --- 3. a lease that never comes back is reclaimed --------------------------
+s3() {
+
+INITIAL=10000
+new_db
+for i in 1 2 3; do start $i --initial-stock $INITIAL --lease-block 100 --lease-ms 1000 --poll-ms 200; done
+acked3=0
+for _ in $(seq 1 30); do [ "$(code POST 3 /api/v1/OneStock/Cache/Atomic/Buy)" = 200 ] && acked3=$((acked3 + 1)); done
+sleep 0.3 # recorded
+kill9 3
+before=$(doc OneStock:Atomic)
+held3=$(echo "$before" | jq '.leases.inst3 | .granted - .sold - .returned')
+reclaimed=
+for _ in $(seq 1 100); do
+	[ "$(field OneStock:Atomic '.leases.inst3.reclaimed')" = true ] && { reclaimed=1; break; }
+	sleep 0.1
+done
+check "reclaim: the dead instance's lease is reclaimed after --lease-ms" "[ -n '$reclaimed' ]"
+check "reclaim: its $held3 held units are quarantined in lost ($(field OneStock:Atomic .lost)), not resold" \
+	"[ \"\$(field OneStock:Atomic .lost)\" = $held3 ]"
+check "reclaim: the others keep selling" "[ \"\$(code POST 1 /api/v1/OneStock/Cache/Atomic/Buy)\" = 200 ]"
+check "reclaim: conserved (total $(total_of OneStock:Atomic) == $INITIAL)" "[ \"\$(total_of OneStock:Atomic)\" = $INITIAL ]"
+start 3 --initial-stock $INITIAL --lease-block 100 --lease-ms 1000 --poll-ms 200
+check "reclaim: the instance came back and settled: lost $(field OneStock:Atomic .lost) == 0" \
+	"[ \"\$(field OneStock:Atomic .lost)\" = 0 ] && [ \"\$(field OneStock:Atomic .leases.inst3.reclaimed)\" = false ]"
+check "reclaim: its $acked3 acknowledged buys are in sold" \
+	"[ \"\$(field OneStock:Atomic .leases.inst3.sold)\" -ge $acked3 ]"
+stop_all
+check "reclaim: after SIGTERM stock + sold == initial" \
+	"[ \$((\$(field OneStock:Atomic .stock) + \$(field OneStock:Atomic .sold))) -eq $INITIAL ]"
+
+}
+
+# --- 4. Redis: peeks converge; redis-server restart --------------------------
+s4() {
+
+INITIAL=10000
+new_db
+# poll-ms 60000: only the bus can move B's cache within the bound
+for i in 1 2; do start $i --initial-stock $INITIAL --poll-ms 60000 --record-ms 100; done
+peek_rem() { curl -s "$(url "$1" "$2")" | jq -r .remaining; }
+converge() { # NAME BUY_PATH PEEK_PATH BOUND_MS
+	local want t0 t1 got
+	for _ in 1 2 3 4 5; do code POST 1 "$2" >/dev/null; done
+	want=$(peek_rem 1 "$3")
+	t0=$(date +%s%N)
+	for _ in $(seq 1 100); do
+		got=$(peek_rem 2 "$3")
+		[ "$got" = "$want" ] && break
+		sleep 0.05
+	done
+	t1=$(( ($(date +%s%N) - t0) / 1000000 ))
+	check "$1: B's peek ($got) shows A's buys ($want) within $4 ms (took ~$t1 ms)" \
+		"[ '$got' = '$want' ] && [ $t1 -le $4 ]"
+}
+converge "bus Db" /api/v1/OneStock/Db/Buy /api/v1/OneStock/Db/Peek 1000
+converge "bus Atomic" /api/v1/OneStock/Cache/Atomic/Buy /api/v1/OneStock/Cache/Atomic/Peek 1000
+svc_restart_redis
+check "redis restarted: A still serves" "[ \"\$(code POST 1 /api/v1/OneStock/Db/Buy)\" = 200 ]"
+sleep 1 # reconnect backoff starts at 100 ms
+converge "bus after redis restart, Db" /api/v1/OneStock/Db/Buy /api/v1/OneStock/Db/Peek 6000
+converge "bus after redis restart, ManyStock" /api/v1/ManyStock/Cache/BuyFastAtomic/TSLA /api/v1/ManyStock/Cache/PeekFastAtomic/TSLA 6000
+check "Util/Publish answers 200 with the token" \
+	"[ \"\$(code POST 1 /api/v1/Util/Publish -H 'Authorization: Bearer $TOKEN')\" = 200 ]"
+check "Util/Publish without the token: 401" "[ \"\$(code POST 1 /api/v1/Util/Publish)\" = 401 ]"
+stop_all
+
+}
+
+# --- 5. MongoDB down mid-test ------------------------------------------------
+s5() {
+
+INITIAL=10000
+new_db
+start 1 --initial-stock $INITIAL --mongo-timeout-ms 500
+ok200=0
+for _ in $(seq 1 20); do [ "$(code POST 1 /api/v1/OneStock/Db/Buy)" = 200 ] && ok200=$((ok200 + 1)); done
+svc_stop_mongo
+codes=""
+t0=$(date +%s%N)
+for _ in $(seq 1 10); do codes="$codes$(code POST 1 /api/v1/OneStock/Db/Buy)"; done
+t1=$(( ($(date +%s%N) - t0) / 1000000 ))
+check "mongo down: Db/Buy answers 503 ($codes)" "[ '$codes' = \"\$(printf '503%.0s' \$(seq 1 10))\" ]"
+check "mongo down: 10 buys answered in $t1 ms (timeout 500 ms, then the breaker fails fast)" "[ $t1 -lt 3000 ]"
+check "mongo down: the server is alive" "[ \"\$(code GET 1 /health/live)\" = 200 ]"
+svc_start_mongo
+back=
+for _ in $(seq 1 150); do
+	c=$(code POST 1 /api/v1/OneStock/Db/Buy)
+	if [ "$c" = 200 ]; then back=1; ok200=$((ok200 + 1)); break; fi
+	sleep 0.1
+done
+check "mongo back: Db/Buy serves again by itself" "[ -n '$back' ]"
+for _ in $(seq 1 20); do [ "$(code POST 1 /api/v1/OneStock/Db/Buy)" = 200 ] && ok200=$((ok200 + 1)); done
+check "mongo down/up: no lost or doubled buy (sold $(field OneStock:Db .sold) == acknowledged $ok200)" \
+	"[ \"\$(field OneStock:Db .sold)\" = $ok200 ] && [ \$((\$(field OneStock:Db .stock) + $ok200)) -eq $INITIAL ]"
+stop_all
+
+}
+
+# MULTI_ONLY="1 3" runs only those scenarios (default: all).
+for n in ${MULTI_ONLY:-1 2 3 4 5}; do "s$n"; done
+
+echo "multi: $pass passed, $fail failed"
+if [ $fail -ne 0 ]; then
+	for i in 1 2 3; do echo "--- inst$i log (tail)"; tail -15 "$TMP/inst$i.log" 2>/dev/null; done
+	exit 1
+fi
