@@ -338,11 +338,6 @@ update(struct lease_mgr *m, struct lease_entry *e, uint64_t grant, uint64_t ret)
 	rc = store_mongo_lease_cas(m->opt.store, e->sku, m->host, expect, &next,
 	    (int64_t)ret - (int64_t)grant, (int64_t)(sold - (expect ? expect->sold : 0)), d_lost,
 	    &after);
-	if (getenv("LEASE_DEBUG"))
-		lg(m, "DEBUG %s update grant %llu ret %llu -> g %llu s %llu r %llu rc %d pool %llu", e->sku,
-		    (unsigned long long)grant, (unsigned long long)ret, (unsigned long long)next.granted,
-		    (unsigned long long)next.sold, (unsigned long long)next.returned, rc,
-		    (unsigned long long)after.doc.stock);
 	if (rc == 0) {
 		applied(m, e, &next, grant, ret);
 		learn(m, e, &after, true);
@@ -422,10 +417,16 @@ refill(struct lease_mgr *m, struct lease_entry *e, uint64_t n)
 			return rc == LEASE_RETRY ? STOCK_ESYS : rc;
 		/* The pool is smaller than asked: take what is left, if it covers n. */
 		{
-			uint64_t pool = ck_pr_load_64(&e->pool);
+			struct store_mongo_view v;
+			uint64_t pool;
+
+			if (store_mongo_view(m->opt.store, e->sku, &v) != 0)
+				return STOCK_ESYS;
+			learn(m, e, &v, false);
+			pool = v.doc.stock;
 			if (pool < n)
 				return STOCK_ESOLDOUT;
-			want = pool;
+			want = pool < want ? pool : want;
 		}
 	}
 }

@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <mongoc/mongoc.h>
+
 #include "app.h"
 
 /* ---- logging: one line per event, flood-suppressed ---------------------- */
@@ -160,6 +162,18 @@ build_catalog(struct app *app)
 	return 0;
 }
 
+/* libmongoc's own log: warnings and errors as our log lines; its debug chatter
+   (one line per failed heartbeat while MongoDB is down) is dropped, and so is
+   the harmless "endSessions" warning servers without sessions cause at exit. */
+static void
+app_mongoc_log(mongoc_log_level_t level, const char *domain, const char *msg, void *arg)
+{
+	(void)arg;
+	if (level > MONGOC_LOG_LEVEL_WARNING || strstr(msg, "endSessions") != NULL)
+		return;
+	app_log("libmongoc %s: %s", domain, msg);
+}
+
 /* ---- catalog on MongoDB (--mongo) ----------------------------------------- */
 
 static const char *const one_ids[APP_ONE_COUNT] = { "OneStock:Db", "OneStock:Atomic",
@@ -216,15 +230,19 @@ bus_log(void *arg, const char *msg)
 	app_log("bus: %s", msg);
 }
 
+/* Guards app->leases against the bus thread while it is set and torn down. */
+static pthread_mutex_t leases_mu = PTHREAD_MUTEX_INITIALIZER;
+
 /* A stock event of another instance: newer versions refresh our peek cache. */
 static void
 bus_receive(const struct bus_event *ev, void *arg)
 {
 	struct app *app = arg;
-	lease_mgr_t *m = ck_pr_load_ptr(&app->leases);
 
-	if (m != NULL)
-		lease_offer(m, ev->key, ev->value, UINT64_MAX, ev->version, false);
+	pthread_mutex_lock(&leases_mu);
+	if (app->leases != NULL)
+		lease_offer(app->leases, ev->key, ev->value, UINT64_MAX, ev->version, false);
+	pthread_mutex_unlock(&leases_mu);
 }
 
 /*
@@ -292,8 +310,9 @@ build_catalog_mongo(struct app *app)
 	{
 		lease_mgr_t *m;
 		rc = lease_open(&m, &lo, skus, ctrs, 3 + ml.n, plain, 1);
-		if (rc == 0)
-			ck_pr_store_ptr(&app->leases, m);
+		pthread_mutex_lock(&leases_mu);
+		app->leases = rc == 0 ? m : NULL;
+		pthread_mutex_unlock(&leases_mu);
 	}
 	if (rc != 0)
 		app_log("cannot start the lease manager: %s", stock_strerror(rc));
@@ -394,6 +413,7 @@ main(int argc, char **argv)
 		mo.many_collection = app.cfg.mongo_many;
 		mo.timeout_ms = app.cfg.mongo_timeout_ms;
 		mo.log = store_log;
+		mongoc_log_set_handler(app_mongoc_log, NULL);
 		if ((rc = store_mongo_open(&app.store, &mo, err, sizeof err)) != 0) {
 			app_log("cannot open the MongoDB store: %s", err);
 			return 1;
@@ -468,7 +488,14 @@ main(int argc, char **argv)
 	ck_pr_store_int(&app.ready, 0);
 	mg_stop(ctx);
 	mg_exit_library();
-	lease_close(app.leases); /* records sales, returns unsold units */
+	{
+		lease_mgr_t *m;
+		pthread_mutex_lock(&leases_mu);
+		m = app.leases;
+		app.leases = NULL;
+		pthread_mutex_unlock(&leases_mu);
+		lease_close(m); /* records sales, returns unsold units (publishes them) */
+	}
 	if (app.bus != NULL && bus_flush(app.bus, 500) != 0)
 		app_log("bus: some events were not published before exit");
 	bus_close(app.bus);

@@ -315,6 +315,16 @@ int store_bson_open(store_t **out, const struct store_bson_options *opt, char *e
  * queue is full). store_sync waits for that queue. store_snapshot is a
  * no-op. store_healthy is false after a failed round trip until one
  * succeeds. Every round trip is bounded by opt->timeout_ms.
+ *
+ * Claims mode (atomic_mode below; automatic on FerretDB, whose filtered
+ * updates are not atomic): the conditional calls below check their
+ * conditions in C on the latest state and commit by inserting a unique
+ * claim document into <database>.StockClaims; the SKU document is brought
+ * up to date after each write and by every read (store_get, foreach and the
+ * views return the latest committed state even when the document lags).
+ * Their contracts stay as described; the differences are noted per call.
+ * store_append's equal-version tie-break does not apply there (the stored
+ * state stays). Correct across processes.
  */
 
 /* Longest host id (STOCK_HOST_ID): [A-Za-z0-9_-], used as a field name. */
@@ -331,6 +341,20 @@ struct store_mongo_options {
 	unsigned queue_limit;        /* write-behind queue (default 4096) */
 	void (*log)(void *log_arg, const char *msg); /* NULL: stderr */
 	void *log_arg;
+	/*
+	 * How conditional writes are made atomic:
+	 *   0 auto: successor claims on FerretDB (detected by buildInfo's
+	 *     ferretdbVersion: its filtered updates are not atomic, FerretDB#3040),
+	 *     native findAndModify/update otherwise;
+	 *   1 native findAndModify/update with a filter (needs a server that
+	 *     applies them atomically: MongoDB);
+	 *   2 claims: every write of a SKU document is committed by inserting a
+	 *     unique "successor claim" into <database>.StockClaims (only the
+	 *     unique _id index has to be atomic), see store_mongo.c.
+	 * Every process sharing a database must use the same mode. In claims
+	 * mode a SKU document must not be deleted (its claims would outlive it).
+	 */
+	int atomic_mode;
 };
 
 /**
@@ -366,6 +390,10 @@ int store_mongo_seed(store_t *st, const char *sku, uint64_t n);
  * exceed STOCK_COUNT_MAX); STOCK_ECONFLICT (the document kept changing
  * between the findAndModify and the re-read that explains a miss; nothing
  * was applied); STOCK_EINVAL (also n == 0).
+ * Claims mode: STOCK_ESYS only when a read failed (nothing applied) or the
+ * claim insert's outcome could not be learned by looking it up;
+ * STOCK_ECONFLICT when the claim kept losing to other writers for
+ * timeout_ms (nothing applied).
  */
 int store_mongo_take(store_t *st, const char *sku, uint64_t n, struct store_doc *after);
 
@@ -436,6 +464,10 @@ int store_mongo_view_all(store_t *st, store_mongo_view_fn fn, void *arg);
  * STOCK_COUNT_MAX as far as the caller's arguments show: a lease counter
  * of @next below @expect's, next->sold + next->returned > next->granted,
  * |delta| > STOCK_COUNT_MAX, or @next equal to @expect in every member).
+ * Claims mode: also STOCK_ERANGE when the stored counts would leave
+ * 0..STOCK_COUNT_MAX or a new lease would exceed STORE_LEASES_MAX (nothing
+ * applied), and STOCK_ESYS for a document with more than STORE_LEASES_MAX
+ * leases (it cannot be rewritten whole); STOCK_ECONFLICT also as for take.
  */
 int store_mongo_lease_cas(store_t *st, const char *sku, const char *host,
     const struct store_lease *expect, const struct store_lease *next, int64_t d_stock,

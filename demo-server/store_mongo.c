@@ -33,6 +33,16 @@
  * out, lease changed); nothing was applied then, so trying again after such
  * a read can never apply it twice. A network or server error is reported as
  * STOCK_ESYS and never retried: its outcome is unknown.
+ *
+ * That needs a server that applies a filtered update atomically. FerretDB v1
+ * does not (FerretDB#3040: it runs the query, then writes the modified
+ * document back in a separate step, so concurrent updates of one document
+ * are lost), but its unique _id index is atomic: of concurrent inserts of
+ * one _id exactly one succeeds. On FerretDB (or with atomic_mode 2) every
+ * write therefore goes through "successor claims" (see "Claims" below):
+ * the commit point of a write is the insert of a unique claim document,
+ * and the SKU document is only a cache of the latest committed state that
+ * every reader brings up to date.
  */
 #include <mongoc/mongoc.h>
 #include <errno.h>
@@ -43,7 +53,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "store.h"
 
@@ -60,11 +72,37 @@
 #define RECHECK_TRIES 4         /* no match, re-read says it would match: again */
 #define BACKOFF_MIN_NS 10000000ULL    /* write-behind: 10 ms after a failure ... */
 #define BACKOFF_MAX_NS 1000000000ULL  /* ... doubling up to 1 s (or timeout_ms) */
-#define SKU_STRIPES 64          /* FerretDB: per-SKU write locks, see serialize */
+#define SKU_STRIPES 64          /* per-SKU write locks, see serialize */
+
+#define CLAIMS_COLLECTION "StockClaims"
+#define CLAIM_TRIES 64          /* claims lost in a row before STOCK_ECONFLICT, */
+                                /* ... and not before timeout_ms of trying */
+#define CLAIM_KEEP 64           /* claims kept behind the pruner's versions */
+#define CLAIM_PRUNE_EVERY 128   /* prune after every 128th commit of a process */
+#define CLAIM_PRUNE_AGE_MS 3000 /* ... only claims older than this (or 2 */
+                                /* timeout_ms + 1 s, if longer) */
+#define CLAIM_CACHE_TTL_NS 100000000ULL /* a remembered tip is trusted 100 ms */
+#define CLAIM_ANCHOR_NS 1000000000ULL   /* a walk re-reads the document after 1 s */
+#define CLAIM_MAX_HOPS 1000000  /* sanity bound of one roll-forward */
+#define CLAIM_LOST 2            /* internal: another claim took the version */
+#define CLAIM_NOCHANGE 3        /* internal: the write changes nothing */
 
 /* ====================================================================== */
 /* The store object                                                        */
 /* ====================================================================== */
+
+/*
+ * Claims mode: the last state a thread of this process knew to be the tip
+ * of a SKU's chain (it committed it, or read it while no successor claim
+ * existed), per lock stripe, under that stripe's lock. Only ever used as the
+ * base of a claim insert, which fails unless it is still the tip; never to
+ * answer a caller. See claim_write.
+ */
+struct claim_slot {
+	bool valid;
+	uint64_t at_ns; /* CLOCK_MONOTONIC when it was known to be the tip */
+	struct store_mongo_view v;
+};
 
 /* A write-behind record: the state and its order of acceptance. */
 struct wb_rec {
@@ -91,13 +129,22 @@ struct store_mongo {
 	 * filter and writes the result back without a transaction (FerretDB
 	 * issue #3040), so two concurrent findAndModify/update calls on one
 	 * document both "match" and one change is lost: takes and grants
-	 * oversell. When the server is FerretDB, this store therefore never has
-	 * two writes to one SKU in flight at once (a mutex per SKU stripe,
-	 * held over the round trip). That makes one process correct; several
-	 * processes on one FerretDB still race (logged at open).
+	 * oversell. @claims: every write goes through successor claims, which
+	 * need no atomic update (correct across processes). @serialize: this
+	 * process has at most one write per SKU stripe in flight (a mutex held
+	 * over the round trips). In claims mode that only reduces contention
+	 * (threads of one process do not race each other's claims, and the
+	 * stripe remembers the tip, struct claim_slot); with atomic_mode 1
+	 * forced on FerretDB it is what keeps one process from overselling
+	 * (several processes still can: logged at open).
 	 */
+	bool ferretdb;
+	bool claims;
 	bool serialize;
 	pthread_mutex_t stripes[SKU_STRIPES];
+	struct claim_slot *slots; /* claims mode: SKU_STRIPES of them */
+	uint64_t nonce_key;       /* claims: random per store, see claim_nonce */
+	int64_t clock_offset_ms;  /* claims: server clock - ours, see server_ms */
 
 	pthread_mutex_t mu;
 	pthread_cond_t work_cv; /* the writer waits here */
@@ -119,6 +166,9 @@ struct store_mongo {
 	uint64_t failed_trips; /* failed round trips (stats.fsync_failures) */
 	int healthy;
 	int warned_leases;     /* "more than STORE_LEASES_MAX leases" logged once */
+	uint64_t nonce_ctr;    /* claims: claim nonces handed out */
+	uint64_t commits;      /* claims: claims committed (pruning cadence) */
+	int apply_failing;     /* claims: applying a committed state failed */
 
 	pthread_t writer;
 	bool writer_started;
@@ -205,20 +255,28 @@ trip_done(struct store_mongo *s, bool ok, const bson_error_t *e)
 		    e != NULL ? e->message : "no client available");
 }
 
-/* FerretDB: the write lock of @sku's stripe (NULL on MongoDB: no lock). */
-static pthread_mutex_t *
-sku_lock(struct store_mongo *s, const char *sku)
+/* The lock stripe of @sku. */
+static unsigned
+sku_stripe(const char *sku)
 {
 	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-	pthread_mutex_t *m;
 
-	if (!s->serialize)
-		return NULL;
 	while (*sku != '\0') {
 		h ^= (unsigned char)*sku++;
 		h *= 1099511628211ULL;
 	}
-	m = &s->stripes[h % SKU_STRIPES];
+	return (unsigned)(h % SKU_STRIPES);
+}
+
+/* The write lock of @sku's stripe, taken (NULL when !serialize: no lock). */
+static pthread_mutex_t *
+sku_lock(struct store_mongo *s, const char *sku)
+{
+	pthread_mutex_t *m;
+
+	if (!s->serialize)
+		return NULL;
+	m = &s->stripes[sku_stripe(sku)];
 	pthread_mutex_lock(m);
 	return m;
 }
@@ -391,23 +449,32 @@ lease_decode(bson_iter_t *it, struct store_lease *l, const char **why)
 
 /*
  * Decode a whole SKU document into @v. @why names the first problem. Leases
- * beyond STORE_LEASES_MAX are ignored (logged once per store).
+ * beyond STORE_LEASES_MAX are ignored (logged once per store) and reported
+ * in *@extra (when not NULL). @sku NULL: the SKU is the document's _id;
+ * otherwise @b is a claim's state (no _id) of @sku.
  */
 static bool
-view_decode(struct store_mongo *s, const bson_t *b, struct store_mongo_view *v, const char **why)
+view_decode_ex(struct store_mongo *s, const bson_t *b, const char *sku,
+    struct store_mongo_view *v, bool *extra, const char **why)
 {
 	bson_iter_t it;
 	unsigned seen = 0;
 
 	memset(v, 0, sizeof *v);
+	if (extra != NULL)
+		*extra = false;
 	if (!bson_iter_init(&it, b)) {
 		*why = "malformed BSON document";
 		return false;
 	}
+	if (sku != NULL) {
+		snprintf(v->doc.sku, sizeof v->doc.sku, "%s", sku);
+		seen |= 1;
+	}
 	while (bson_iter_next(&it)) {
 		const char *key = bson_iter_key(&it);
 
-		if (strcmp(key, "_id") == 0) {
+		if (sku == NULL && strcmp(key, "_id") == 0) {
 			uint32_t n;
 			const char *str;
 
@@ -465,6 +532,8 @@ view_decode(struct store_mongo *s, const bson_t *b, struct store_mongo_view *v, 
 				if (!lease_decode(&ls, &l, why))
 					return false;
 				if (v->nleases == STORE_LEASES_MAX) {
+					if (extra != NULL)
+						*extra = true;
 					if (__atomic_exchange_n(&s->warned_leases, 1, __ATOMIC_ACQ_REL) == 0)
 						slog(s, "mongo: a document has more than %d leases; the extra "
 						        "ones are ignored (logged once)",
@@ -483,6 +552,12 @@ view_decode(struct store_mongo *s, const bson_t *b, struct store_mongo_view *v, 
 		return false;
 	}
 	return true;
+}
+
+static bool
+view_decode(struct store_mongo *s, const bson_t *b, struct store_mongo_view *v, const char **why)
+{
+	return view_decode_ex(s, b, NULL, v, NULL, why);
 }
 
 static bool
@@ -529,6 +604,9 @@ write_opts(struct store_mongo *s, bson_t *opts, bool upsert)
 	BSON_APPEND_DOCUMENT(opts, "writeConcern", &s->wc);
 }
 
+static int claims_put(struct store_mongo *s, mongoc_client_t *client, const struct store_doc *d,
+    bson_error_t *e);
+
 /*
  * The guarded write of store_append: {$set: state} where the stored state is
  * older, upserting a missing document. A duplicate-key error means the
@@ -538,6 +616,7 @@ write_opts(struct store_mongo *s, bson_t *opts, bool upsert)
  * older than ours). One more try tells them apart: the document exists now,
  * so the filter either matches (we write) or misses again because the stored
  * state is not older. The write is idempotent, so trying it again is safe.
+ * Claims mode: the same rule through a claim (claims_put).
  * Returns 0 or STOCK_ESYS (message in @e).
  */
 static int
@@ -551,6 +630,10 @@ put_doc(struct store_mongo *s, mongoc_client_t *client, const struct store_doc *
 	pthread_mutex_t *lk;
 	int rc = STOCK_ESYS;
 
+	if (s->claims) {
+		mongoc_collection_destroy(coll);
+		return claims_put(s, client, d, e);
+	}
 	filter = BCON_NEW("_id", BCON_UTF8(d->sku), "$or", "[",
 	    "{", "version", "{", "$lt", BCON_INT64(ver), "}", "}",
 	    "{", "version", BCON_INT64(ver), "sold", "{", "$lt", BCON_INT64(sold), "}", "}",
@@ -583,13 +666,15 @@ put_doc(struct store_mongo *s, mongoc_client_t *client, const struct store_doc *
 }
 
 /*
- * Read @sku's document into @out. Returns 0, STOCK_ENOENT, or STOCK_ESYS
- * (the read failed, or the document is corrupt: logged).
+ * Read @sku's document into @out with @client (no roll-forward: see
+ * read_latest). *@extra (may be NULL): it has more leases than a view holds.
+ * Returns 0, STOCK_ENOENT, or STOCK_ESYS (the read failed, or the document
+ * is corrupt: logged).
  */
 static int
-read_view(struct store_mongo *s, const char *sku, struct store_mongo_view *out)
+read_doc(struct store_mongo *s, mongoc_client_t *client, const char *sku,
+    struct store_mongo_view *out, bool *extra)
 {
-	mongoc_client_t *client;
 	mongoc_collection_t *coll;
 	mongoc_cursor_t *cur;
 	const bson_t *b;
@@ -598,14 +683,12 @@ read_view(struct store_mongo *s, const char *sku, struct store_mongo_view *out)
 	const char *why;
 	int rc = STOCK_ENOENT;
 
-	if ((client = client_pop(s)) == NULL)
-		return STOCK_ESYS;
 	coll = mongoc_client_get_collection(client, s->database, coll_of(s, sku));
 	filter = BCON_NEW("_id", BCON_UTF8(sku));
 	opts = BCON_NEW("limit", BCON_INT64(1));
 	cur = mongoc_collection_find_with_opts(coll, filter, opts, NULL);
 	if (mongoc_cursor_next(cur, &b)) {
-		if (view_decode(s, b, out, &why)) {
+		if (view_decode_ex(s, b, NULL, out, extra, &why)) {
 			rc = 0;
 		} else {
 			slog(s, "mongo: %s.%s: document %s is corrupt (%s)", s->database,
@@ -623,6 +706,27 @@ read_view(struct store_mongo *s, const char *sku, struct store_mongo_view *out)
 	bson_destroy(opts);
 	bson_destroy(filter);
 	mongoc_collection_destroy(coll);
+	return rc;
+}
+
+static int read_latest(struct store_mongo *s, mongoc_client_t *client, const char *sku,
+    struct store_mongo_view *out, bool *extra);
+static int chain_forward(struct store_mongo *s, mongoc_client_t *client,
+    struct store_mongo_view *v, bool apply);
+
+/*
+ * The latest state of @sku (claims mode: the document rolled forward).
+ * Returns 0, STOCK_ENOENT or STOCK_ESYS.
+ */
+static int
+read_view(struct store_mongo *s, const char *sku, struct store_mongo_view *out)
+{
+	mongoc_client_t *client;
+	int rc;
+
+	if ((client = client_pop(s)) == NULL)
+		return STOCK_ESYS;
+	rc = read_latest(s, client, sku, out, NULL);
 	mongoc_client_pool_push(s->pool, client);
 	return rc;
 }
@@ -746,6 +850,9 @@ read_all(struct store_mongo *s, struct view_list *l)
 		mongoc_cursor_destroy(cur);
 		mongoc_collection_destroy(coll);
 	}
+	/* Claims mode: each document's latest state (one claim lookup each). */
+	for (size_t i = 0; s->claims && rc == 0 && i < l->n; i++)
+		rc = chain_forward(s, client, &l->v[i], true);
 	mongoc_client_pool_push(s->pool, client);
 	if (rc != 0) {
 		free(l->v);
@@ -756,6 +863,813 @@ read_all(struct store_mongo *s, struct view_list *l)
 		pthread_mutex_unlock(&s->mu);
 	}
 	return rc;
+}
+
+/* ====================================================================== */
+/* Claims: compare-and-set from unique inserts                             */
+/* ====================================================================== */
+
+/*
+ * Claims mode (FerretDB, or atomic_mode 2). Its filtered updates not being
+ * atomic, the only atomic step FerretDB offers is the insert of a unique
+ * _id. Every SKU's history is therefore kept as a chain of full states with
+ * strictly increasing versions:
+ *
+ *   - the first state is the SKU document as created: one plain insert
+ *     (seed, or adjust/append of a missing SKU); the unique _id lets exactly
+ *     one creator win, the others see a duplicate key, re-read and go on;
+ *   - every later state is a claim in <database>.StockClaims,
+ *       {_id: "<sku>#<v>", sku, from: v, op: <nonce>, at: <server ms>,
+ *        state: {stock, sold, version: v' > v, lost, leases}},
+ *     "the successor of version v of <sku> is this state". The _id is
+ *     unique, so a version has at most one successor: the chain never
+ *     branches. (The version after the last '#' is all digits, so a SKU
+ *     that contains '#' cannot produce another SKU's ids.)
+ *
+ * A write (claim_write) takes a chain state V of version d (the document
+ * rolled forward, or the state this process knew to be the last a moment
+ * ago: struct claim_slot), computes the next state from V in C (the op's
+ * condition: stock >= n, the lease as expected, ...; or it answers from V
+ * without writing), and inserts claim "<sku>#<d>". That insert is the
+ * commit point: it succeeds only if d had no successor, i.e. V was the last
+ * state, and then the new state follows it, exactly as a compare-and-set of
+ * the version would have. A duplicate key means d already has a successor:
+ * nothing was written; roll forward and try again (CLAIM_TRIES claims lost
+ * in a row and timeout_ms spent: STOCK_ECONFLICT, nothing applied). A
+ * network error leaves the insert's outcome unknown: the claim is looked
+ * up by _id; our nonce in it:
+ * committed; another's: lost; none: inserted once more with the same nonce
+ * (and a duplicate key then is looked up too: our first insert may have
+ * landed late); a lookup that fails: STOCK_ESYS (unknown).
+ *
+ * After the commit the new state is copied into the SKU document with
+ * update {_id, version: {$lt: v'}} {$set: every member}. That is best
+ * effort: a failure costs readers a lookup, never the write (logged once
+ * until an apply works again). Reads that decide or report (store_get,
+ * store_mongo_view, view_all, foreach, the read before a write) roll
+ * forward: from the document's version d, look up "<sku>#<d>", follow the
+ * successors until there is none, and copy the last one into the document.
+ * A read linearizes at its last lookup: then, that state had no successor.
+ *
+ * The document is only a cache of the chain and may lag, or even go back:
+ * FerretDB's update reads the document, then writes it, so an update
+ * carrying an older state can land after a newer one (a regression). That
+ * never breaks anything, because
+ *   (a) the document only ever holds chain states: it is created as the
+ *       first one and written only with claimed states, and a claim is only
+ *       ever inserted on top of a chain state (by induction: V came from the
+ *       document, a claim, or the slot, all chain states), so every claimed
+ *       state is on the chain;
+ *   (b) from any chain state, following the claims reaches the last state;
+ *   (c) a claim based on a chain state that is not the last one fails: its
+ *       successor claim exists. So a write based on a lagging or regressed
+ *       document (or a stale slot) cannot commit; it rolls forward and
+ *       tries again (and the next read repairs the document).
+ * Hence the versions of one SKU form one sequence of committed states, each
+ * computed from its predecessor, each the result of exactly one write: no
+ * lost update, no oversell, whatever the document shows in between.
+ *
+ * What this needs: the successor claim of any state that a write may still
+ * base itself on must exist. Pruning (after every CLAIM_PRUNE_EVERY-th
+ * commit of a process) deletes only claims that are both
+ *   (i) more than CLAIM_KEEP versions behind the version it just replaced
+ *       AND behind the version the SKU document holds (read just before the
+ *       delete: a lagging or regressed document keeps all the claims it
+ *       needs to roll forward), and
+ *   (ii) older than CLAIM_PRUNE_AGE_MS (or 2 timeout_ms + 1 s, if longer) by
+ *       their stamp "at": the server's clock (the offset to it is measured
+ *       at open from hello's localTime, so hosts need not agree).
+ * (ii) covers what (i) cannot see. Every claim a write looks at or builds
+ * on was created after its "anchor", the moment the write (or its slot)
+ * last saw the chain's last state; a slot is trusted for CLAIM_CACHE_TTL_NS
+ * after that, and a loser's walk goes back to the document once its anchor
+ * is CLAIM_ANCHOR_NS old, so those claims are younger than that plus one
+ * round trip (at most timeout_ms). And an update that will regress the
+ * document was sent when its state was the last (a committer's, or a
+ * reader's that had just found no successor), so it lands within about a
+ * round trip of that state's successor claim's creation. The residual
+ * assumption: no FerretDB handler sits for seconds between its read and its
+ * write.
+ *
+ * Cost. A write: its claim insert and its copy into the document (two
+ * round trips, both writes); a remembered tip saves the read before it,
+ * otherwise add the document read and one claim lookup; a lost claim costs
+ * one lookup per version walked. FerretDB v1's SQLite backend looks _id up
+ * without its index (the pushed-down expression differs from the index's),
+ * so every lookup scans StockClaims (about 5 us per claim; the unique insert
+ * does use the index): pruning keeps it to about (write rate x prune age)
+ * plus CLAIM_KEEP per SKU, and a prune (a scanning delete) runs only every
+ * CLAIM_PRUNE_EVERY commits.
+ *
+ * Versions: a claimed state's version is v + 1, or the appended version
+ * (store_append jumps). An append whose version is not above the stored one
+ * changes nothing; for an equal version with other counts (a caller
+ * breaking store_doc's rule) the stored state stays, unlike the native
+ * tie-break, because a chain cannot hold two states of one version.
+ *
+ * Every process on a database must use claims (a native findAndModify
+ * would bypass the chain), and a SKU document must never be deleted while
+ * its claims remain.
+ */
+
+#define CLAIM_ID_MAX (STORE_SKU_MAX + sizeof "#18446744073709551615")
+
+static uint64_t
+wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* The server's clock as this process estimates it (claims' "at"). */
+static int64_t
+server_ms(const struct store_mongo *s)
+{
+	return (int64_t)wall_ms() + s->clock_offset_ms;
+}
+
+/* A claim nonce: distinct within the store (a bijection of a counter),
+ * keyed by a random value per store, so two stores collide with
+ * probability 2^-64 (a nonce only tells our claim from another's). */
+static int64_t
+claim_nonce(struct store_mongo *s)
+{
+	uint64_t z = s->nonce_key +
+	    __atomic_add_fetch(&s->nonce_ctr, 1, __ATOMIC_RELAXED) * 0x9e3779b97f4a7c15ULL;
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return (int64_t)(z ^ (z >> 31));
+}
+
+static void
+claim_id(char *buf, size_t len, const char *sku, uint64_t from)
+{
+	snprintf(buf, len, "%s#%" PRIu64, sku, from);
+}
+
+/* Append stock, sold, version, lost and leases of @v to @b. */
+static void
+state_append(bson_t *b, const struct store_mongo_view *v)
+{
+	bson_t ls, l;
+
+	BSON_APPEND_INT64(b, "stock", (int64_t)v->doc.stock);
+	BSON_APPEND_INT64(b, "sold", (int64_t)v->doc.sold);
+	BSON_APPEND_INT64(b, "version", (int64_t)v->doc.version);
+	BSON_APPEND_INT64(b, "lost", (int64_t)v->lost);
+	BSON_APPEND_DOCUMENT_BEGIN(b, "leases", &ls);
+	for (size_t i = 0; i < v->nleases; i++) {
+		const struct store_lease *x = &v->leases[i].lease;
+
+		BSON_APPEND_DOCUMENT_BEGIN(&ls, v->leases[i].host, &l);
+		BSON_APPEND_INT64(&l, "granted", (int64_t)x->granted);
+		BSON_APPEND_INT64(&l, "sold", (int64_t)x->sold);
+		BSON_APPEND_INT64(&l, "returned", (int64_t)x->returned);
+		BSON_APPEND_INT64(&l, "expires", x->expires_ms);
+		BSON_APPEND_BOOL(&l, "reclaimed", x->reclaimed);
+		bson_append_document_end(&ls, &l);
+	}
+	bson_append_document_end(b, &ls);
+}
+
+/* Decode claim @b ("<sku>#<from>"): its state and its nonce. */
+static bool
+claim_decode(struct store_mongo *s, const bson_t *b, const char *sku, uint64_t from,
+    struct store_mongo_view *state, int64_t *op, const char **why)
+{
+	bson_iter_t it;
+	bool have_state = false, have_op = false, have_from = false, extra = false;
+	int64_t f = -1;
+
+	if (!bson_iter_init(&it, b)) {
+		*why = "malformed BSON document";
+		return false;
+	}
+	while (bson_iter_next(&it)) {
+		const char *key = bson_iter_key(&it);
+
+		if (strcmp(key, "from") == 0) {
+			have_from = iter_int(&it, &f);
+		} else if (strcmp(key, "op") == 0) {
+			have_op = iter_int(&it, op);
+		} else if (strcmp(key, "sku") == 0) {
+			if (!BSON_ITER_HOLDS_UTF8(&it) || strcmp(bson_iter_utf8(&it, NULL), sku) != 0) {
+				*why = "sku does not match its _id";
+				return false;
+			}
+		} else if (strcmp(key, "state") == 0) {
+			const uint8_t *data;
+			uint32_t len;
+			bson_t sd;
+
+			if (!BSON_ITER_HOLDS_DOCUMENT(&it)) {
+				*why = "state is not a document";
+				return false;
+			}
+			bson_iter_document(&it, &len, &data);
+			if (!bson_init_static(&sd, data, len) ||
+			    !view_decode_ex(s, &sd, sku, state, &extra, why))
+				return false;
+			have_state = true;
+		}
+	}
+	if (!have_state || !have_op || !have_from || f < 0 || (uint64_t)f != from) {
+		*why = "lacks state, op or from, or from does not match its _id";
+		return false;
+	}
+	if (state->doc.version <= from || extra) {
+		*why = "its state's version is not above from, or it has too many leases";
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Look up the successor claim of version @from of @sku. Returns 0 (*@state
+ * and *@op filled, each may be NULL), STOCK_ENOENT, or STOCK_ESYS (the read
+ * failed, or the claim is corrupt: logged).
+ */
+static int
+claim_find(struct store_mongo *s, mongoc_client_t *client, const char *sku, uint64_t from,
+    struct store_mongo_view *state, int64_t *op, bson_error_t *e)
+{
+	mongoc_collection_t *coll;
+	mongoc_cursor_t *cur;
+	const bson_t *b;
+	bson_t *filter, *opts;
+	struct store_mongo_view tmp;
+	int64_t optmp;
+	char id[CLAIM_ID_MAX];
+	const char *why;
+	int rc = STOCK_ENOENT;
+
+	claim_id(id, sizeof id, sku, from);
+	coll = mongoc_client_get_collection(client, s->database, CLAIMS_COLLECTION);
+	filter = BCON_NEW("_id", BCON_UTF8(id));
+	opts = BCON_NEW("limit", BCON_INT64(1));
+	cur = mongoc_collection_find_with_opts(coll, filter, opts, NULL);
+	if (mongoc_cursor_next(cur, &b)) {
+		if (claim_decode(s, b, sku, from, state != NULL ? state : &tmp,
+		        op != NULL ? op : &optmp, &why)) {
+			rc = 0;
+		} else {
+			slog(s, "mongo: %s.%s: claim %s is corrupt (%s)", s->database,
+			    CLAIMS_COLLECTION, id, why);
+			bson_set_error(e, 0, 0, "claim %s is corrupt", id);
+			rc = STOCK_ESYS;
+		}
+	}
+	if (mongoc_cursor_error(cur, e)) {
+		trip_done(s, false, e);
+		rc = STOCK_ESYS;
+	} else {
+		trip_done(s, true, NULL);
+	}
+	mongoc_cursor_destroy(cur);
+	bson_destroy(opts);
+	bson_destroy(filter);
+	mongoc_collection_destroy(coll);
+	return rc;
+}
+
+/* Insert claim "<sku>#<from>" -> @next. Returns 0, CLAIM_LOST (duplicate
+ * key) or STOCK_ESYS (outcome unknown). */
+static int
+claim_insert(struct store_mongo *s, mongoc_client_t *client, const char *sku, uint64_t from,
+    int64_t op, const struct store_mongo_view *next, bson_error_t *e)
+{
+	mongoc_collection_t *coll;
+	bson_t doc, state, opts;
+	char id[CLAIM_ID_MAX];
+	bool ok;
+
+	claim_id(id, sizeof id, sku, from);
+	bson_init(&doc);
+	BSON_APPEND_UTF8(&doc, "_id", id);
+	BSON_APPEND_UTF8(&doc, "sku", sku);
+	BSON_APPEND_INT64(&doc, "from", (int64_t)from);
+	BSON_APPEND_INT64(&doc, "op", op);
+	BSON_APPEND_INT64(&doc, "at", server_ms(s));
+	BSON_APPEND_DOCUMENT_BEGIN(&doc, "state", &state);
+	state_append(&state, next);
+	bson_append_document_end(&doc, &state);
+	write_opts(s, &opts, false);
+	coll = mongoc_client_get_collection(client, s->database, CLAIMS_COLLECTION);
+	ok = mongoc_collection_insert_one(coll, &doc, &opts, NULL, e);
+	trip_done(s, ok || is_dupkey(e), e);
+	mongoc_collection_destroy(coll);
+	bson_destroy(&opts);
+	bson_destroy(&doc);
+	return ok ? 0 : is_dupkey(e) ? CLAIM_LOST : STOCK_ESYS;
+}
+
+/*
+ * Commit @next as the successor of version @from: the claim insert, with
+ * an unknown outcome resolved by looking the claim up (see above).
+ * Returns 0 (committed), CLAIM_LOST or STOCK_ESYS (outcome unknown).
+ */
+static int
+claim_commit(struct store_mongo *s, mongoc_client_t *client, const char *sku, uint64_t from,
+    const struct store_mongo_view *next, bson_error_t *e)
+{
+	int64_t op = claim_nonce(s), found;
+	bool uncertain = false, resent = false;
+	int rc = claim_insert(s, client, sku, from, op, next, e);
+
+	for (;;) {
+		int lrc;
+
+		if (rc == 0)
+			return 0;
+		if (rc == CLAIM_LOST && !uncertain)
+			return CLAIM_LOST; /* nothing of ours was ever in flight */
+		/* Unknown, or a duplicate while an insert of ours may have landed. */
+		uncertain = true;
+		lrc = claim_find(s, client, sku, from, NULL, &found, e);
+		if (lrc == 0)
+			return found == op ? 0 : CLAIM_LOST;
+		if (lrc != STOCK_ENOENT || resent)
+			return STOCK_ESYS;
+		resent = true;
+		rc = claim_insert(s, client, sku, from, op, next, e);
+	}
+}
+
+/*
+ * Copy claimed state @v into its SKU document unless the document holds a
+ * newer one. Best effort (the claim is the commit): failures are logged
+ * once until an apply succeeds again.
+ */
+static void
+state_apply(struct store_mongo *s, mongoc_client_t *client, const struct store_mongo_view *v)
+{
+	mongoc_collection_t *coll;
+	bson_t *filter, update, set, opts;
+	bson_error_t e;
+	bool ok;
+
+	coll = mongoc_client_get_collection(client, s->database, coll_of(s, v->doc.sku));
+	filter = BCON_NEW("_id", BCON_UTF8(v->doc.sku), "version", "{", "$lt",
+	    BCON_INT64((int64_t)v->doc.version), "}");
+	bson_init(&update);
+	BSON_APPEND_DOCUMENT_BEGIN(&update, "$set", &set);
+	state_append(&set, v);
+	bson_append_document_end(&update, &set);
+	write_opts(s, &opts, false);
+	ok = mongoc_collection_update_one(coll, filter, &update, &opts, NULL, &e);
+	trip_done(s, ok, &e);
+	if (!ok) {
+		if (__atomic_exchange_n(&s->apply_failing, 1, __ATOMIC_ACQ_REL) == 0)
+			slog(s, "mongo: claims: copying %s version %" PRIu64 " into its document "
+			        "failed (%s); the write is committed by its claim and readers roll "
+			        "it forward (logged once until a copy succeeds)",
+			    v->doc.sku, v->doc.version, e.message);
+	} else if (__atomic_load_n(&s->apply_failing, __ATOMIC_RELAXED) != 0 &&
+	    __atomic_exchange_n(&s->apply_failing, 0, __ATOMIC_ACQ_REL) != 0) {
+		slog(s, "mongo: claims: copying claimed states into documents works again");
+	}
+	bson_destroy(&opts);
+	bson_destroy(&update);
+	bson_destroy(filter);
+	mongoc_collection_destroy(coll);
+}
+
+/*
+ * Roll @v (a chain state of its SKU) forward to the last state of the
+ * chain; @apply: copy that into the document when it moved. Returns 0 or
+ * STOCK_ESYS.
+ */
+static int
+chain_forward(struct store_mongo *s, mongoc_client_t *client, struct store_mongo_view *v,
+    bool apply)
+{
+	uint64_t start = v->doc.version;
+	struct store_mongo_view next;
+	bson_error_t e;
+
+	for (unsigned hops = 0;; hops++) {
+		int rc;
+
+		if (hops == CLAIM_MAX_HOPS) {
+			slog(s, "mongo: claims: %s: more than %d successor claims from version %" PRIu64,
+			    v->doc.sku, CLAIM_MAX_HOPS, start);
+			return STOCK_ESYS;
+		}
+		rc = claim_find(s, client, v->doc.sku, v->doc.version, &next, NULL, &e);
+		if (rc == STOCK_ENOENT)
+			break;
+		if (rc != 0)
+			return rc;
+		*v = next;
+	}
+	if (apply && v->doc.version != start)
+		state_apply(s, client, v);
+	return 0;
+}
+
+/*
+ * The latest state of @sku: its document, rolled forward in claims mode.
+ * *@extra (may be NULL): the state has more leases than a view holds.
+ * Returns 0, STOCK_ENOENT or STOCK_ESYS.
+ */
+static int
+read_latest(struct store_mongo *s, mongoc_client_t *client, const char *sku,
+    struct store_mongo_view *out, bool *extra)
+{
+	uint64_t v0;
+	int rc = read_doc(s, client, sku, out, extra);
+
+	if (rc != 0 || !s->claims)
+		return rc;
+	v0 = out->doc.version;
+	if ((rc = chain_forward(s, client, out, true)) == 0 && extra != NULL &&
+	    out->doc.version != v0)
+		*extra = false; /* a claimed state never has more */
+	return rc;
+}
+
+/*
+ * Create @v's SKU document (the first state of its chain): a plain insert.
+ * Returns 0, CLAIM_LOST (it exists) or STOCK_ESYS.
+ */
+static int
+doc_create(struct store_mongo *s, mongoc_client_t *client, const struct store_mongo_view *v,
+    bson_error_t *e)
+{
+	mongoc_collection_t *coll;
+	bson_t doc, opts;
+	bool ok;
+
+	bson_init(&doc);
+	BSON_APPEND_UTF8(&doc, "_id", v->doc.sku);
+	BSON_APPEND_INT64(&doc, "stock", (int64_t)v->doc.stock);
+	BSON_APPEND_INT64(&doc, "sold", (int64_t)v->doc.sold);
+	BSON_APPEND_INT64(&doc, "version", (int64_t)v->doc.version);
+	write_opts(s, &opts, false);
+	coll = mongoc_client_get_collection(client, s->database, coll_of(s, v->doc.sku));
+	ok = mongoc_collection_insert_one(coll, &doc, &opts, NULL, e);
+	trip_done(s, ok || is_dupkey(e), e);
+	mongoc_collection_destroy(coll);
+	bson_destroy(&opts);
+	bson_destroy(&doc);
+	return ok ? 0 : is_dupkey(e) ? CLAIM_LOST : STOCK_ESYS;
+}
+
+/*
+ * Delete @sku's old claims (see (i) and (ii) above); @from: the version the
+ * caller's commit replaced. Best effort.
+ */
+static void
+claim_prune(struct store_mongo *s, mongoc_client_t *client, const char *sku, uint64_t from)
+{
+	struct store_mongo_view v;
+	mongoc_collection_t *coll;
+	bson_t *filter, opts;
+	bson_error_t e;
+	uint64_t low = from;
+	int64_t age;
+	bool ok;
+
+	if (read_doc(s, client, sku, &v, NULL) != 0)
+		return;
+	if (v.doc.version < low)
+		low = v.doc.version;
+	if (low <= CLAIM_KEEP)
+		return;
+	age = (int64_t)s->timeout_ms * 2 + (int64_t)(CLAIM_ANCHOR_NS / 1000000u);
+	if (age < CLAIM_PRUNE_AGE_MS)
+		age = CLAIM_PRUNE_AGE_MS;
+	filter = BCON_NEW("sku", BCON_UTF8(sku), "from", "{", "$lt",
+	    BCON_INT64((int64_t)(low - CLAIM_KEEP)), "}", "at", "{", "$lt",
+	    BCON_INT64(server_ms(s) - age), "}");
+	write_opts(s, &opts, false);
+	coll = mongoc_client_get_collection(client, s->database, CLAIMS_COLLECTION);
+	ok = mongoc_collection_delete_many(coll, filter, &opts, NULL, &e);
+	trip_done(s, ok, &e);
+	mongoc_collection_destroy(coll);
+	bson_destroy(&opts);
+	bson_destroy(filter);
+}
+
+/*
+ * The op of a claimed write: from the latest state @cur (NULL: the SKU has
+ * no document; @next then holds just the SKU) compute the next full state
+ * into @next. Returns 0 (write @next), CLAIM_NOCHANGE (nothing to write:
+ * success with @cur), or a STOCK_* error (the answer, with @cur). Errors
+ * are only answered from the document read and rolled forward during this
+ * call; CLAIM_NOCHANGE may be answered from an older chain state (a
+ * remembered or a walked-to one), so it must hold for every later state
+ * too (append's "not newer" does: versions only grow along a chain).
+ */
+typedef int (*claim_fn)(const struct store_mongo_view *cur, struct store_mongo_view *next,
+    void *ctx);
+
+/*
+ * One write of @sku in claims mode (see above). @out: on 0 the state after
+ * the write; on an error of @fn the state it answered from. Returns 0,
+ * @fn's error, STOCK_ECONFLICT (CLAIM_TRIES claims lost in a row and
+ * timeout_ms spent: nothing applied), or STOCK_ESYS (a read failed: nothing
+ * applied; or a claim's outcome stayed unknown; message in @e).
+ *
+ * The base state is the stripe's remembered tip when it is fresh, else the
+ * document rolled forward. After a lost claim the loser walks the claims
+ * from its base to the last state (lookups by _id, one round trip each,
+ * until there is no successor) and builds on that: the winner needs two
+ * round trips per write (its claim, its copy), a walk one per version, so
+ * a loser catches up instead of trailing a process that keeps winning with
+ * its remembered tip. That is a race, not a queue: the processes of one
+ * SKU get no fair turns (a process that keeps winning keeps its head start),
+ * hence the time bound before STOCK_ECONFLICT. An answer other than "write
+ * this" (sold out, conflict, ...) is only given from the document read and
+ * rolled forward (and repaired) during this call, never from a remembered
+ * or walked-to state: the answer is the latest state's, and a caller that
+ * ends on such an answer (every taker ends on sold out) leaves the document
+ * repaired, so a late regression is not the document's final word once
+ * everyone has stopped.
+ */
+static int
+claim_write(struct store_mongo *s, mongoc_client_t *client, const char *sku, claim_fn fn,
+    void *ctx, struct store_mongo_view *out, bson_error_t *e)
+{
+	struct claim_slot *slot = &s->slots[sku_stripe(sku)];
+	struct store_mongo_view cur, next;
+	pthread_mutex_t *lk;
+	uint64_t pruned_from = 0;
+	uint64_t read_at = 0; /* cur was read (rolled forward) at; 0: not read */
+	uint64_t anchor = 0;  /* when cur's chain position was last seen as the last */
+	uint64_t give_up = mono_ns() + (uint64_t)s->timeout_ms * 1000000ULL;
+	bool have = false, prune = false;
+	int rc = STOCK_ECONFLICT, lost = 0;
+
+	memset(&cur, 0, sizeof cur);
+	/* Contention reducer, see serialize; also guards the stripe's slot. */
+	lk = sku_lock(s, sku);
+	while (lost < CLAIM_TRIES || mono_ns() < give_up) {
+		uint64_t t0 = mono_ns();
+
+		if (!have && slot->valid && strcmp(slot->v.doc.sku, sku) == 0 &&
+		    t0 - slot->at_ns < CLAIM_CACHE_TTL_NS) {
+			cur = slot->v; /* (c): if it is no longer the last, the claim fails */
+			read_at = 0;
+			anchor = slot->at_ns;
+			have = true;
+		} else if (!have) {
+			bool extra = false;
+
+			slot->valid = false;
+			rc = read_latest(s, client, sku, &cur, &extra);
+			if (rc == STOCK_ENOENT) {
+				memset(&next, 0, sizeof next);
+				memcpy(next.doc.sku, sku, strlen(sku) + 1);
+				if ((rc = fn(NULL, &next, ctx)) != 0) {
+					if (rc == CLAIM_NOCHANGE)
+						rc = STOCK_ENOENT;
+					break;
+				}
+				if ((rc = doc_create(s, client, &next, e)) == CLAIM_LOST) {
+					lost++; /* someone created it meanwhile: build on theirs */
+					continue;
+				}
+				if (rc == 0) {
+					*out = next;
+					slot->v = next;
+					slot->at_ns = t0;
+					slot->valid = true;
+				}
+				break;
+			}
+			if (rc != 0)
+				break;
+			if (extra) {
+				slog(s, "mongo: claims: %s has more than %d leases; claims mode "
+				        "cannot rewrite it",
+				    sku, STORE_LEASES_MAX);
+				bson_set_error(e, 0, 0, "%s has more than %d leases", sku,
+				    STORE_LEASES_MAX);
+				rc = STOCK_ESYS;
+				break;
+			}
+			read_at = anchor = t0;
+			have = true;
+		}
+		if ((rc = fn(&cur, &next, ctx)) != 0) {
+			if (read_at == 0 && rc != CLAIM_NOCHANGE) {
+				/* Answer only from the latest state, read for this call. */
+				have = false;
+				slot->valid = false;
+				rc = CLAIM_LOST; /* should the loop end here */
+				continue;
+			}
+			if (read_at != 0) {
+				slot->v = cur;
+				slot->at_ns = read_at;
+				slot->valid = true;
+			}
+			*out = cur;
+			if (rc == CLAIM_NOCHANGE)
+				rc = 0;
+			break;
+		}
+		rc = claim_commit(s, client, sku, cur.doc.version, &next, e);
+		if (rc == 0) {
+			state_apply(s, client, &next);
+			slot->v = next;
+			slot->at_ns = t0; /* its successor can only come after our commit */
+			slot->valid = true;
+			*out = next;
+			prune = __atomic_add_fetch(&s->commits, 1, __ATOMIC_RELAXED) %
+			        CLAIM_PRUNE_EVERY ==
+			    0;
+			pruned_from = cur.doc.version;
+			break;
+		}
+		slot->valid = false;
+		if (rc != CLAIM_LOST)
+			break; /* STOCK_ESYS: unknown */
+		lost++;
+		rc = CLAIM_LOST;
+		read_at = 0;
+		if (mono_ns() - anchor >= CLAIM_ANCHOR_NS) {
+			have = false; /* too long behind: from the document again */
+			continue;
+		}
+		/* Walk to the last state from ours (a chain state: (a)); what it
+		 * ends on was the last after the walk began: the new anchor. */
+		t0 = mono_ns();
+		if ((rc = chain_forward(s, client, &cur, false)) != 0)
+			break;
+		anchor = t0;
+		rc = CLAIM_LOST;
+	}
+	sku_unlock(lk);
+	if (rc == CLAIM_LOST) {
+		bson_set_error(e, 0, 0, "%s: %d claims lost in a row to concurrent writers", sku,
+		    lost);
+		if (read_latest(s, client, sku, out, NULL) != 0)
+			*out = cur; /* the callers' @after: as current as can be had */
+		rc = STOCK_ECONFLICT;
+	}
+	if (prune)
+		claim_prune(s, client, sku, pruned_from);
+	return rc;
+}
+
+/* claim_write with a client of the pool. */
+static int
+claims_run(struct store_mongo *s, const char *sku, claim_fn fn, void *ctx,
+    struct store_mongo_view *out)
+{
+	mongoc_client_t *client;
+	bson_error_t e;
+	int rc;
+
+	if ((client = client_pop(s)) == NULL)
+		return STOCK_ESYS;
+	memset(&e, 0, sizeof e);
+	rc = claim_write(s, client, sku, fn, ctx, out, &e);
+	mongoc_client_pool_push(s->pool, client);
+	return rc;
+}
+
+/* --- the ops ------------------------------------------------------------- */
+
+/* store_append: max version wins (see "Versions" above). */
+static int
+append_fn(const struct store_mongo_view *cur, struct store_mongo_view *next, void *ctx)
+{
+	const struct store_doc *d = ctx;
+
+	if (cur == NULL) {
+		next->doc = *d;
+		return 0;
+	}
+	if (d->version <= cur->doc.version)
+		return CLAIM_NOCHANGE;
+	*next = *cur;
+	next->doc.stock = d->stock;
+	next->doc.sold = d->sold;
+	next->doc.version = d->version;
+	return 0;
+}
+
+/* put_doc in claims mode. Returns 0 or STOCK_ESYS (message in @e). */
+static int
+claims_put(struct store_mongo *s, mongoc_client_t *client, const struct store_doc *d,
+    bson_error_t *e)
+{
+	struct store_mongo_view v;
+	int rc;
+
+	memset(e, 0, sizeof *e);
+	rc = claim_write(s, client, d->sku, append_fn, (void *)d, &v, e);
+	if (rc == 0)
+		return 0;
+	if (e->message[0] == '\0')
+		bson_set_error(e, 0, 0, "claimed write of %s failed (%s)", d->sku, stock_err_name(rc));
+	return STOCK_ESYS;
+}
+
+static int
+take_fn(const struct store_mongo_view *cur, struct store_mongo_view *next, void *ctx)
+{
+	uint64_t n = *(const uint64_t *)ctx;
+
+	if (cur == NULL)
+		return STOCK_ENOENT;
+	if (cur->doc.stock < n)
+		return STOCK_ESOLDOUT;
+	if (cur->doc.sold > STOCK_COUNT_MAX - n || cur->doc.version >= (uint64_t)INT64_MAX)
+		return STOCK_ERANGE;
+	*next = *cur;
+	next->doc.stock -= n;
+	next->doc.sold += n;
+	next->doc.version++;
+	return 0;
+}
+
+struct adjust_ctx {
+	bool absolute;
+	uint64_t n;
+};
+
+static int
+adjust_fn(const struct store_mongo_view *cur, struct store_mongo_view *next, void *ctx)
+{
+	const struct adjust_ctx *a = ctx;
+
+	if (cur == NULL) { /* as the native upsert creates it */
+		next->doc.stock = a->n;
+		next->doc.sold = 0;
+		next->doc.version = 1;
+		return 0;
+	}
+	if ((!a->absolute && cur->doc.stock > STOCK_COUNT_MAX - a->n) ||
+	    cur->doc.version >= (uint64_t)INT64_MAX)
+		return STOCK_ERANGE;
+	*next = *cur;
+	next->doc.stock = a->absolute ? a->n : cur->doc.stock + a->n;
+	next->doc.version++;
+	return 0;
+}
+
+struct lease_ctx {
+	const char *host;
+	const struct store_lease *expect, *next;
+	int64_t d_stock, d_sold, d_lost;
+};
+
+/* *@x += @d within 0..STOCK_COUNT_MAX (|d| <= STOCK_COUNT_MAX). */
+static bool
+add_delta(uint64_t *x, int64_t d)
+{
+	if (d < 0) {
+		if (*x < (uint64_t)-d)
+			return false;
+		*x -= (uint64_t)-d;
+	} else {
+		if (*x > STOCK_COUNT_MAX - (uint64_t)d)
+			return false;
+		*x += (uint64_t)d;
+	}
+	return true;
+}
+
+/* The conditions of the native filter (store.h), checked in C. */
+static int
+lease_fn(const struct store_mongo_view *cur, struct store_mongo_view *next, void *ctx)
+{
+	const struct lease_ctx *c = ctx;
+	const struct store_lease *l;
+	size_t i;
+
+	if (cur == NULL)
+		return STOCK_ENOENT;
+	l = view_lease(cur, c->host);
+	if (c->expect == NULL ? l != NULL : l == NULL || !lease_eq(l, c->expect))
+		return STOCK_ECONFLICT;
+	if ((c->d_stock < 0 && cur->doc.stock < (uint64_t)-c->d_stock) ||
+	    (c->d_lost < 0 && cur->lost < (uint64_t)-c->d_lost))
+		return STOCK_ESOLDOUT;
+	if (cur->doc.version >= (uint64_t)INT64_MAX)
+		return STOCK_ERANGE;
+	*next = *cur;
+	if (!add_delta(&next->doc.stock, c->d_stock) || !add_delta(&next->doc.sold, c->d_sold) ||
+	    !add_delta(&next->lost, c->d_lost))
+		return STOCK_ERANGE;
+	next->doc.version++;
+	for (i = 0; i < next->nleases && strcmp(next->leases[i].host, c->host) != 0; i++)
+		;
+	if (i == next->nleases) {
+		if (i == STORE_LEASES_MAX)
+			return STOCK_ERANGE;
+		memcpy(next->leases[i].host, c->host, strlen(c->host) + 1);
+		next->nleases++;
+	}
+	next->leases[i].lease = *c->next;
+	return 0;
 }
 
 /* ====================================================================== */
@@ -1070,6 +1984,7 @@ store_free(struct store_mongo *s)
 	pthread_mutex_destroy(&s->mu);
 	for (int i = 0; i < SKU_STRIPES; i++)
 		pthread_mutex_destroy(&s->stripes[i]);
+	free(s->slots);
 	free(s);
 }
 
@@ -1220,18 +2135,29 @@ connect_pool(struct store_mongo *s, const char *uri_str, char *err, size_t errle
 	    strcmp(mongoc_server_description_type(sd), "Mongos") == 0;
 	mongoc_server_description_destroy(sd);
 
-	/* FerretDB tells itself apart in buildInfo (see serialize). */
+	/* The server's clock (hello's localTime), for the claims' stamps. */
+	ping = BCON_NEW("hello", BCON_INT32(1));
+	{
+		uint64_t t0 = wall_ms();
+
+		if (mongoc_client_command_simple(client, "admin", ping, NULL, &reply, &e)) {
+			bson_iter_t it;
+
+			if (bson_iter_init_find(&it, &reply, "localTime") &&
+			    BSON_ITER_HOLDS_DATE_TIME(&it))
+				s->clock_offset_ms = bson_iter_date_time(&it) -
+				    (int64_t)((t0 + wall_ms()) / 2);
+		}
+		bson_destroy(&reply);
+	}
+	bson_destroy(ping);
+
+	/* FerretDB tells itself apart in buildInfo (see claims, serialize). */
 	ping = BCON_NEW("buildInfo", BCON_INT32(1));
 	if (mongoc_client_command_simple(client, "admin", ping, NULL, &reply, &e)) {
 		bson_iter_t it;
 
-		if (bson_iter_init_find(&it, &reply, "ferretdbVersion")) {
-			s->serialize = true;
-			slog(s, "mongo: %s is FerretDB %s: its conditional updates are not atomic, so "
-			        "this store serializes its writes per SKU; several server instances on "
-			        "one FerretDB can still oversell",
-			    hosts, BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL) : "?");
-		}
+		s->ferretdb = bson_iter_init_find(&it, &reply, "ferretdbVersion");
 	}
 	bson_destroy(&reply);
 	bson_destroy(ping);
@@ -1267,6 +2193,10 @@ store_mongo_open(store_t **out, const struct store_mongo_options *opt, char *err
 		seterr(err, errlen, "mongo: a MongoDB URI is required");
 		return STOCK_EINVAL;
 	}
+	if (opt->atomic_mode < 0 || opt->atomic_mode > 2) {
+		seterr(err, errlen, "mongo: atomic_mode must be 0 (auto), 1 (native) or 2 (claims)");
+		return STOCK_EINVAL;
+	}
 	pthread_once(&mongo_once, mongo_init_once);
 	if ((s = calloc(1, sizeof *s)) == NULL)
 		return STOCK_ENOMEM;
@@ -1295,6 +2225,33 @@ store_mongo_open(store_t **out, const struct store_mongo_options *opt, char *err
 	if ((rc = connect_pool(s, opt->uri, err, errlen)) != 0) {
 		store_free(s);
 		return rc;
+	}
+	s->claims = opt->atomic_mode == 2 || (opt->atomic_mode == 0 && s->ferretdb);
+	s->serialize = s->claims || s->ferretdb;
+	if (s->claims) {
+		if (strcmp(s->one_coll, CLAIMS_COLLECTION) == 0 ||
+		    strcmp(s->many_coll, CLAIMS_COLLECTION) == 0) {
+			seterr(err, errlen, "mongo: collection name %s is reserved for claims",
+			    CLAIMS_COLLECTION);
+			store_free(s);
+			return STOCK_EINVAL;
+		}
+		if ((s->slots = calloc(SKU_STRIPES, sizeof *s->slots)) == NULL) {
+			store_free(s);
+			return STOCK_ENOMEM;
+		}
+		if (getrandom(&s->nonce_key, sizeof s->nonce_key, 0) != (ssize_t)sizeof s->nonce_key)
+			s->nonce_key = mono_ns() ^ wall_ms() << 20 ^ (uint64_t)getpid() << 40 ^
+			    (uint64_t)(uintptr_t)s;
+		if (s->ferretdb)
+			slog(s, "mongo: FerretDB detected: conditional updates go through successor "
+			        "claims (FerretDB#3040)");
+		else
+			slog(s, "mongo: atomic_mode 2: conditional updates go through successor claims");
+	} else if (s->ferretdb) {
+		slog(s, "mongo: FerretDB with atomic_mode 1: its conditional updates are not atomic "
+		        "(FerretDB#3040); this process serializes its writes per SKU, but several "
+		        "processes on one FerretDB can oversell");
 	}
 	if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
 		seterr(err, errlen, "mongo: cannot start the write-behind thread");
@@ -1332,6 +2289,21 @@ store_mongo_seed(store_t *st, const char *sku, uint64_t n)
 	s = to_mongo(st);
 	if ((client = client_pop(s)) == NULL)
 		return STOCK_ESYS;
+	if (s->claims) {
+		/* Insert-if-missing is atomic by itself (the first state of the chain). */
+		struct store_mongo_view v;
+		int rc;
+
+		memset(&v, 0, sizeof v);
+		memcpy(v.doc.sku, sku, strlen(sku) + 1);
+		v.doc.stock = n;
+		v.doc.version = 1;
+		rc = doc_create(s, client, &v, &e);
+		if (rc == STOCK_ESYS && read_doc(s, client, sku, &v, NULL) == 0)
+			rc = 0; /* the insert's outcome was unknown, but it is there */
+		mongoc_client_pool_push(s->pool, client);
+		return rc == STOCK_ESYS ? STOCK_ESYS : 0;
+	}
 	coll = mongoc_client_get_collection(client, s->database, coll_of(s, sku));
 	filter = BCON_NEW("_id", BCON_UTF8(sku));
 	update = BCON_NEW("$setOnInsert", "{", "stock", BCON_INT64((int64_t)n), "sold",
@@ -1363,6 +2335,12 @@ store_mongo_take(store_t *st, const char *sku, uint64_t n, struct store_doc *aft
 	if (!store_is_mongo(st) || sku_check(sku) != 0 || n == 0 || n > STOCK_COUNT_MAX)
 		return STOCK_EINVAL;
 	s = to_mongo(st);
+	if (s->claims) {
+		rc = claims_run(s, sku, take_fn, &n, &v);
+		if ((rc == 0 || rc == STOCK_ESOLDOUT) && after != NULL)
+			*after = v.doc;
+		return rc;
+	}
 	query = BCON_NEW("_id", BCON_UTF8(sku), "stock", "{", "$gte", BCON_INT64((int64_t)n), "}",
 	    "sold", "{", "$lte", BCON_INT64((int64_t)(STOCK_COUNT_MAX - n)), "}");
 	update = BCON_NEW("$inc", "{", "stock", BCON_INT64(-(int64_t)n), "sold",
@@ -1408,6 +2386,14 @@ store_mongo_adjust(store_t *st, const char *sku, bool absolute, uint64_t n,
 	if (!store_is_mongo(st) || sku_check(sku) != 0 || n > STOCK_COUNT_MAX)
 		return STOCK_EINVAL;
 	s = to_mongo(st);
+	if (s->claims) {
+		struct adjust_ctx a = { absolute, n };
+
+		rc = claims_run(s, sku, adjust_fn, &a, &v);
+		if (rc == 0 && after != NULL)
+			*after = v.doc;
+		return rc;
+	}
 	if (absolute) {
 		query = BCON_NEW("_id", BCON_UTF8(sku));
 		update = BCON_NEW("$set", "{", "stock", BCON_INT64((int64_t)n), "}",
@@ -1530,6 +2516,14 @@ store_mongo_lease_cas(store_t *st, const char *sku, const char *host,
 	    lease_args_check(sku, host, expect, next, d_stock, d_sold, d_lost) != 0)
 		return STOCK_EINVAL;
 	s = to_mongo(st);
+	if (s->claims) {
+		struct lease_ctx c = { host, expect, next, d_stock, d_sold, d_lost };
+
+		rc = claims_run(s, sku, lease_fn, &c, &v);
+		if ((rc == 0 || rc == STOCK_ECONFLICT || rc == STOCK_ESOLDOUT) && after != NULL)
+			*after = v;
+		return rc;
+	}
 	kl = (size_t)snprintf(key, sizeof key, "leases.%s", host);
 
 	/* {_id, leases.<host>: {$exists: false}} or every member of it equal. */

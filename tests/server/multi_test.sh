@@ -143,7 +143,7 @@ sweep() {
 # --- 1. sold out across three instances, every strategy --------------------
 s1() {
 
-INITIAL=600
+INITIAL=300
 new_db
 for i in 1 2 3; do start $i --initial-stock $INITIAL --lease-block 50; done
 for spec in "OneStock:Db /api/v1/OneStock/Db/Buy" \
@@ -154,7 +154,7 @@ for spec in "OneStock:Db /api/v1/OneStock/Db/Buy" \
 	set -- $spec
 	sku=$1 path=$2
 	wpids=()
-	for i in 1 2 3; do wrk_buy "$TMP/w$i" $i "$path" 2 & wpids+=($!); done
+	for i in 1 2 3; do wrk_buy "$TMP/w$i" $i "$path" 4 & wpids+=($!); done
 	wait "${wpids[@]}"
 	acked=0 errs=0
 	for i in 1 2 3; do
@@ -168,8 +168,19 @@ for spec in "OneStock:Db /api/v1/OneStock/Db/Buy" \
 	sold=$(field "$sku" .sold)
 	# lease-backed: sales are recorded within --record-ms; wait for it
 	for _ in $(seq 1 50); do [ "$sold" = "$INITIAL" ] && break; sleep 0.1; sold=$(field "$sku" .sold); done
-	check "sold out over 3 instances: $sku acknowledged $acked (wrk + sweep $swept) == $INITIAL" \
-		"[ $acked -eq $INITIAL ]"
+	soldout_in_wrk=1
+	for i in 1 2 3; do [ "$(status_count "$TMP/w$i" 409)" -gt 0 ] || soldout_in_wrk=; done
+	if [ -n "$soldout_in_wrk" ]; then
+		# Sold out while wrk ran: whatever was in flight when it stopped was a 409.
+		check "sold out over 3 instances: $sku acknowledged $acked (wrk + sweep $swept) == $INITIAL" \
+			"[ $acked -eq $INITIAL ]"
+	else
+		# wrk's duration ended first (slow machine): up to its 24 connections'
+		# requests were in flight and their answers never read.
+		echo "note: $sku was not sold out within wrk's run; allowing 24 unread answers"
+		check "sold out over 3 instances: $sku acknowledged $acked (wrk + sweep $swept), $INITIAL sold, <= 24 answers unread" \
+			"[ $acked -le $INITIAL ] && [ $((INITIAL - acked)) -le 24 ]"
+	fi
 	check "sold out: $sku MongoDB sold $sold == $INITIAL, stock $(field "$sku" .stock) == 0" \
 		"[ '$sold' = $INITIAL ] && [ \"\$(field $sku .stock)\" = 0 ]"
 	check "sold out: $sku no 5xx under load ($errs)" "[ $errs -eq 0 ]"
@@ -211,8 +222,10 @@ for spec in "OneStock:Db /api/v1/OneStock/Db/Buy" "OneStock:Atomic /api/v1/OneSt
 	total=$(total_of "$sku")
 	check "kill -9: $sku no acknowledged buy lost (MongoDB sold $sold >= acknowledged $acked)" \
 		"[ $sold -ge $acked ]"
-	check "kill -9: $sku at most the killed instance's in-flight buys unacknowledged ($((sold - acked)) <= 8)" \
-		"[ $((sold - acked)) -le 8 ]"
+	# Sold but never acknowledged: the killed instance's 8 connections' requests
+	# in flight at the kill, and the 24 in flight when wrk's duration ended.
+	check "kill -9: $sku sold but unacknowledged ($((sold - acked))) <= in-flight bound 32" \
+		"[ $((sold - acked)) -le 32 ]"
 	check "kill -9: $sku nothing oversold (stock+sold+lost+held = $total == $INITIAL)" \
 		"[ $total -eq $INITIAL ]"
 	check "kill -9: $sku no 5xx from the instances that stayed up" \

@@ -1692,6 +1692,7 @@ struct mongo_place {
 	struct logcap log;
 	unsigned timeout_ms;
 	unsigned queue_limit;
+	int atomic_mode; /* store_mongo_options.atomic_mode */
 };
 
 static void *
@@ -1720,6 +1721,7 @@ mongo_open(void *place, store_t **out)
 	o.database = p->db;
 	o.timeout_ms = p->timeout_ms ? p->timeout_ms : 5000;
 	o.queue_limit = p->queue_limit;
+	o.atomic_mode = p->atomic_mode;
 	o.log = logcap_fn;
 	o.log_arg = &p->log;
 	rc = store_mongo_open(out, &o, err, sizeof err);
@@ -1755,18 +1757,63 @@ mongo_destroy_place(void *place)
 	free(p);
 }
 
+static void *
+mongo_create_mode(int mode)
+{
+	struct mongo_place *p = mongo_create();
+
+	p->atomic_mode = mode;
+	return p;
+}
+
+static void *
+mongo_create_native(void)
+{
+	return mongo_create_mode(1);
+}
+
+static void *
+mongo_create_claims(void)
+{
+	return mongo_create_mode(2);
+}
+
+/*
+ * Three ways to run the MongoDB store: auto (atomic_mode 0: native on
+ * MongoDB, claims on FerretDB), native forced (1; on FerretDB that is only
+ * correct within one process, which is all these tests use) and claims
+ * forced (2). Whatever the test server, both write paths get tested.
+ */
 static const struct harness mongo_harness = {
 	"mongo", mongo_create, mongo_open, mongo_destroy_place,
 };
+static const struct harness mongo_native_harness = {
+	"mongo-native", mongo_create_native, mongo_open, mongo_destroy_place,
+};
+static const struct harness mongo_claims_harness = {
+	"mongo-claims", mongo_create_claims, mongo_open, mongo_destroy_place,
+};
 
-MONGO_TEST(contract_mongo, roundtrip) { contract_roundtrip(&mongo_harness); }
-MONGO_TEST(contract_mongo, max_version_wins) { contract_max_version_wins(&mongo_harness); }
-MONGO_TEST(contract_mongo, concurrent_durable_appends_survive_reopen)
-{
-	contract_concurrent_durable(&mongo_harness);
-}
-MONGO_TEST(contract_mongo, invalid_arguments) { contract_invalid(&mongo_harness); }
-MONGO_TEST(contract_mongo, write_behind_then_sync) { contract_write_behind(&mongo_harness); }
+#define MONGO_CONTRACT(suite, h)                                                  \
+	MONGO_TEST(suite, roundtrip) { contract_roundtrip(h); }                   \
+	MONGO_TEST(suite, max_version_wins) { contract_max_version_wins(h); }     \
+	MONGO_TEST(suite, concurrent_durable_appends_survive_reopen)              \
+	{                                                                         \
+		contract_concurrent_durable(h);                                   \
+	}                                                                         \
+	MONGO_TEST(suite, invalid_arguments) { contract_invalid(h); }             \
+	MONGO_TEST(suite, write_behind_then_sync) { contract_write_behind(h); }
+
+MONGO_CONTRACT(contract_mongo, &mongo_harness)
+MONGO_CONTRACT(contract_mongo_native, &mongo_native_harness)
+MONGO_CONTRACT(contract_mongo_claims, &mongo_claims_harness)
+
+/* t_<name>(mode) as store_mongo/<name> (auto), store_mongo_native/<name>
+ * and store_mongo_claims/<name>. */
+#define MONGO_MODES(name)                                        \
+	MONGO_TEST(store_mongo, name) { t_##name(0); }           \
+	MONGO_TEST(store_mongo_native, name) { t_##name(1); }    \
+	MONGO_TEST(store_mongo_claims, name) { t_##name(2); }
 
 /* ====================================================================== */
 /* MongoDB store: its own calls                                            */
@@ -1779,9 +1826,9 @@ struct mfx {
 };
 
 static void
-mfx_init(struct mfx *x)
+mfx_init_mode(struct mfx *x, int mode)
 {
-	x->p = mongo_create();
+	x->p = mongo_create_mode(mode);
 	x->st = h_open(&mongo_harness, x->p);
 }
 
@@ -1858,12 +1905,13 @@ mklease(uint64_t granted, uint64_t sold, uint64_t returned, int64_t expires, boo
 	return l;
 }
 
-MONGO_TEST(store_mongo, seed_is_idempotent_and_routes_by_prefix)
+static void
+t_seed_is_idempotent_and_routes_by_prefix(int mode)
 {
 	struct mfx x;
 	struct collect col = { .n = 0 };
 
-	mfx_init(&x);
+	mfx_init_mode(&x, mode);
 	cr_expect(store_is_mongo(x.st));
 	cr_assert_eq(store_mongo_seed(x.st, "NVDA", 100), 0);
 	expect_doc(x.st, "NVDA", 100, 0, 1);
@@ -1883,13 +1931,15 @@ MONGO_TEST(store_mongo, seed_is_idempotent_and_routes_by_prefix)
 	cr_expect_eq(stats_of(x.st).fsync_failures, 0);
 	mfx_fini(&x);
 }
+MONGO_MODES(seed_is_idempotent_and_routes_by_prefix)
 
-MONGO_TEST(store_mongo, take)
+static void
+t_take(int mode)
 {
 	struct mfx x;
 	struct store_doc d, before;
 
-	mfx_init(&x);
+	mfx_init_mode(&x, mode);
 	cr_assert_eq(store_mongo_seed(x.st, "OneStock:t", 10), 0);
 	cr_assert_eq(store_mongo_take(x.st, "OneStock:t", 3, &d), 0);
 	cr_expect_str_eq(d.sku, "OneStock:t");
@@ -1913,11 +1963,15 @@ MONGO_TEST(store_mongo, take)
 	cr_expect_eq(store_mongo_take(x.st, "OneStock:t", 1, &d), STOCK_ESOLDOUT);
 	mfx_fini(&x);
 }
+MONGO_MODES(take)
 
 /*
- * On MongoDB these check the server's single-document atomicity; on
- * FerretDB v1, whose conditional updates are not atomic (FerretDB#3040),
- * they check the store's per-SKU serialization that stands in for it.
+ * Native mode on MongoDB: these check the server's single-document
+ * atomicity; native mode forced on FerretDB v1, whose conditional updates
+ * are not atomic (FerretDB#3040): the store's in-process per-SKU
+ * serialization; claims mode (auto on FerretDB): the successor claims. The
+ * claims that several processes race for are tested further down
+ * (store_mongo_multi).
  */
 #define TAKERS 8
 #define TAKE_STOCK 400
@@ -1928,6 +1982,7 @@ struct taker {
 	uint64_t n;     /* units per take */
 	uint64_t units; /* units this thread bought */
 	int errors;
+	int last_rc;    /* what ended it */
 };
 
 static void *
@@ -1948,20 +2003,22 @@ taker_fn(void *arg)
 	}
 	if (rc != STOCK_ESOLDOUT)
 		t->errors++;
+	t->last_rc = rc;
 	return NULL;
 }
 
-MONGO_TEST(store_mongo, concurrent_takes_never_oversell)
+static void
+t_concurrent_takes_never_oversell(int mode)
 {
 	struct mfx x;
 	pthread_t th[TAKERS];
 	struct taker t[TAKERS];
 	uint64_t units = 0;
 
-	mfx_init(&x);
+	mfx_init_mode(&x, mode);
 	cr_assert_eq(store_mongo_seed(x.st, "OneStock:race", TAKE_STOCK), 0);
 	for (int i = 0; i < TAKERS; i++) {
-		t[i] = (struct taker){ x.st, "OneStock:race", (uint64_t)(i % 3) + 1, 0, 0 };
+		t[i] = (struct taker){ x.st, "OneStock:race", (uint64_t)(i % 3) + 1, 0, 0, 0 };
 		cr_assert_eq(pthread_create(&th[i], NULL, taker_fn, &t[i]), 0);
 	}
 	for (int i = 0; i < TAKERS; i++) {
@@ -1980,13 +2037,15 @@ MONGO_TEST(store_mongo, concurrent_takes_never_oversell)
 	}
 	mfx_fini(&x);
 }
+MONGO_MODES(concurrent_takes_never_oversell)
 
-MONGO_TEST(store_mongo, adjust)
+static void
+t_adjust(int mode)
 {
 	struct mfx x;
 	struct store_doc d;
 
-	mfx_init(&x);
+	mfx_init_mode(&x, mode);
 	cr_assert_eq(store_mongo_adjust(x.st, "new-abs", true, 50, &d), 0, "creates it");
 	cr_expect_eq(d.stock, 50);
 	cr_expect_eq(d.sold, 0);
@@ -2011,8 +2070,10 @@ MONGO_TEST(store_mongo, adjust)
 	cr_expect_eq(store_mongo_adjust(x.st, "", true, 1, NULL), STOCK_EINVAL);
 	mfx_fini(&x);
 }
+MONGO_MODES(adjust)
 
-MONGO_TEST(store_mongo, lease_cas)
+static void
+t_lease_cas(int mode)
 {
 	struct mfx x;
 	struct store_mongo_view v;
@@ -2020,7 +2081,7 @@ MONGO_TEST(store_mongo, lease_cas)
 	const struct store_lease *got;
 	const char *sku = "OneStock:lease";
 
-	mfx_init(&x);
+	mfx_init_mode(&x, mode);
 	cr_assert_eq(store_mongo_seed(x.st, sku, 100), 0);
 	cr_expect_eq(store_mongo_lease_cas(x.st, "OneStock:none", "hostA", NULL, &l0, 0, 0, 0, &v),
 	    STOCK_ENOENT);
@@ -2121,6 +2182,7 @@ MONGO_TEST(store_mongo, lease_cas)
 	    STOCK_EINVAL);
 	mfx_fini(&x);
 }
+MONGO_MODES(lease_cas)
 
 #define GRANTERS 8
 #define GRANT_STOCK 60
@@ -2129,7 +2191,9 @@ struct granter {
 	store_t *st;
 	char host[32];
 	uint64_t granted;
+	uint64_t writes; /* successful CASes, the open included */
 	int errors;
+	int last_rc;
 };
 
 static void *
@@ -2144,6 +2208,7 @@ granter_fn(void *arg)
 		g->errors++;
 		return NULL;
 	}
+	g->writes++;
 	for (;;) {
 		next = cur;
 		next.granted += k;
@@ -2152,18 +2217,21 @@ granter_fn(void *arg)
 		if (rc == 0) {
 			cur = next;
 			g->granted += k;
+			g->writes++;
 		} else if (rc == STOCK_ESOLDOUT && k > 1) {
 			k = 1;
 		} else {
 			if (rc != STOCK_ESOLDOUT)
 				g->errors++;
+			g->last_rc = rc;
 			break;
 		}
 	}
 	return NULL;
 }
 
-MONGO_TEST(store_mongo, concurrent_grants_never_oversell)
+static void
+t_concurrent_grants_never_oversell(int mode)
 {
 	struct mfx x;
 	pthread_t th[GRANTERS];
@@ -2171,7 +2239,7 @@ MONGO_TEST(store_mongo, concurrent_grants_never_oversell)
 	struct store_mongo_view v;
 	uint64_t total = 0, in_doc = 0;
 
-	mfx_init(&x);
+	mfx_init_mode(&x, mode);
 	cr_assert_eq(store_mongo_seed(x.st, "OneStock:grants", GRANT_STOCK), 0);
 	for (int i = 0; i < GRANTERS; i++) {
 		memset(&g[i], 0, sizeof g[i]);
@@ -2193,6 +2261,7 @@ MONGO_TEST(store_mongo, concurrent_grants_never_oversell)
 	cr_expect_eq(in_doc, GRANT_STOCK, "the leases hold exactly the initial stock");
 	mfx_fini(&x);
 }
+MONGO_MODES(concurrent_grants_never_oversell)
 
 static int
 count_views(const struct store_mongo_view *v, void *arg)
@@ -2202,7 +2271,8 @@ count_views(const struct store_mongo_view *v, void *arg)
 	return 0;
 }
 
-MONGO_TEST(store_mongo, views_parse_leases_lost_and_number_types)
+static void
+t_views_parse_leases_lost_and_number_types(int mode)
 {
 	struct mfx x;
 	struct store_mongo_view v;
@@ -2211,7 +2281,7 @@ MONGO_TEST(store_mongo, views_parse_leases_lost_and_number_types)
 	size_t o;
 	int n = 0;
 
-	mfx_init(&x);
+	mfx_init_mode(&x, mode);
 	/* int32 and integral doubles, as the mongo shell writes them. */
 	raw_insert(&x, "OneStock",
 	    "{\"_id\": \"OneStock:raw\", \"stock\": 5, \"sold\": 2.0, \"version\": {\"$numberLong\": "
@@ -2270,8 +2340,10 @@ MONGO_TEST(store_mongo, views_parse_leases_lost_and_number_types)
 	cr_expect_eq(store_mongo_view(x.st, "", &v), STOCK_EINVAL);
 	mfx_fini(&x);
 }
+MONGO_MODES(views_parse_leases_lost_and_number_types)
 
-MONGO_TEST(store_mongo, append_keeps_leases_and_lost)
+static void
+t_append_keeps_leases_and_lost(int mode)
 {
 	struct mfx x;
 	struct store_mongo_view v;
@@ -2279,7 +2351,7 @@ MONGO_TEST(store_mongo, append_keeps_leases_and_lost)
 	struct store_lease l2 = mklease(10, 0, 4, 7, true);
 	struct store_doc d;
 
-	mfx_init(&x);
+	mfx_init_mode(&x, mode);
 	cr_assert_eq(store_mongo_seed(x.st, "OneStock:k", 50), 0);
 	cr_assert_eq(store_mongo_lease_cas(x.st, "OneStock:k", "h", NULL, &l0, 0, 0, 0, NULL), 0);
 	cr_assert_eq(store_mongo_lease_cas(x.st, "OneStock:k", "h", &l0, &l1, -10, 0, 0, NULL), 0);
@@ -2301,6 +2373,555 @@ MONGO_TEST(store_mongo, append_keeps_leases_and_lost)
 	cr_expect_eq(v.doc.version, 10, "an older write-behind state loses");
 	cr_expect_eq(v.nleases, 1);
 	mfx_fini(&x);
+}
+MONGO_MODES(append_keeps_leases_and_lost)
+
+/* ====================================================================== */
+/* MongoDB store: successor claims                                         */
+/* ====================================================================== */
+
+/* A raw collection of database @db (caller destroys both). */
+static mongoc_collection_t *
+raw_coll(mongoc_client_t **c, const char *db, const char *coll)
+{
+	*c = raw_client();
+	return mongoc_client_get_collection(*c, db, coll);
+}
+
+static bson_t *
+json_bson(const char *json)
+{
+	bson_error_t e;
+	bson_t *b = bson_new_from_json((const uint8_t *)json, -1, &e);
+
+	cr_assert_not_null(b, "json %s: %s", json, e.message);
+	return b;
+}
+
+/* Documents of @db.@coll matching @filter (JSON). */
+static int64_t
+raw_count_where(const char *db, const char *coll, const char *filter)
+{
+	mongoc_client_t *c;
+	mongoc_collection_t *col = raw_coll(&c, db, coll);
+	bson_t *f = json_bson(filter);
+	bson_error_t e;
+	int64_t n = mongoc_collection_count_documents(col, f, NULL, NULL, NULL, &e);
+
+	cr_expect_geq(n, 0, "count: %s", e.message);
+	bson_destroy(f);
+	mongoc_collection_destroy(col);
+	mongoc_client_destroy(c);
+	return n;
+}
+
+/* update_many(@filter, @update) on @db.@coll (JSON both). */
+static void
+raw_update(const char *db, const char *coll, const char *filter, const char *update)
+{
+	mongoc_client_t *c;
+	mongoc_collection_t *col = raw_coll(&c, db, coll);
+	bson_t *f = json_bson(filter), *u = json_bson(update);
+	bson_error_t e;
+
+	cr_assert(mongoc_collection_update_many(col, f, u, NULL, NULL, &e), "update: %s",
+	    e.message);
+	bson_destroy(u);
+	bson_destroy(f);
+	mongoc_collection_destroy(col);
+	mongoc_client_destroy(c);
+}
+
+/* The int64 at dotted @path of the first document of @db.@coll matching
+ * {<key>: <value>} in the order of @sort (JSON, may be NULL); -1 when none. */
+static int64_t
+raw_int(const char *db, const char *coll, const char *key, const char *value, const char *sort,
+    const char *path)
+{
+	mongoc_client_t *c;
+	mongoc_collection_t *col = raw_coll(&c, db, coll);
+	bson_t *f = BCON_NEW(key, BCON_UTF8(value)), *opts;
+	mongoc_cursor_t *cur;
+	const bson_t *b;
+	bson_iter_t it, sub;
+	bson_error_t e;
+	int64_t r = -1;
+
+	if (sort != NULL) {
+		bson_t *s = json_bson(sort);
+
+		opts = BCON_NEW("sort", BCON_DOCUMENT(s), "limit", BCON_INT64(1));
+		bson_destroy(s);
+	} else {
+		opts = BCON_NEW("limit", BCON_INT64(1));
+	}
+	cur = mongoc_collection_find_with_opts(col, f, opts, NULL);
+	if (mongoc_cursor_next(cur, &b) && bson_iter_init(&it, b) &&
+	    bson_iter_find_descendant(&it, path, &sub) && BSON_ITER_HOLDS_INT64(&sub))
+		r = bson_iter_int64(&sub);
+	cr_expect_not(mongoc_cursor_error(cur, &e), "find: %s", e.message);
+	mongoc_cursor_destroy(cur);
+	bson_destroy(opts);
+	bson_destroy(f);
+	mongoc_collection_destroy(col);
+	mongoc_client_destroy(c);
+	return r;
+}
+
+/* The version in @sku's raw document (no roll-forward). */
+static int64_t
+raw_doc_version(const char *db, const char *sku)
+{
+	return raw_int(db, strncmp(sku, "OneStock:", 9) == 0 ? "OneStock" : "ManyStock", "_id", sku,
+	    NULL, "version");
+}
+
+/* The state version of @sku's newest claim; -1 when it has none. */
+static int64_t
+raw_last_claim_version(const char *db, const char *sku)
+{
+	return raw_int(db, "StockClaims", "sku", sku, "{\"from\": -1}", "state.version");
+}
+
+static int64_t
+raw_claims_of(const char *db, const char *sku)
+{
+	char f[160];
+
+	snprintf(f, sizeof f, "{\"sku\": \"%s\"}", sku);
+	return raw_count_where(db, "StockClaims", f);
+}
+
+static bool
+server_is_ferretdb(void)
+{
+	mongoc_client_t *c = raw_client();
+	bson_t *cmd = BCON_NEW("buildInfo", BCON_INT32(1)), reply;
+	bson_error_t e;
+	bson_iter_t it;
+	bool r;
+
+	cr_assert(mongoc_client_command_simple(c, "admin", cmd, NULL, &reply, &e), "%s", e.message);
+	r = bson_iter_init_find(&it, &reply, "ferretdbVersion");
+	bson_destroy(&reply);
+	bson_destroy(cmd);
+	mongoc_client_destroy(c);
+	return r;
+}
+
+MONGO_TEST(store_mongo_claims, open_logs_the_mode)
+{
+	bool ferret = server_is_ferretdb();
+	struct mfx x;
+
+	mfx_init_mode(&x, 2);
+	cr_expect(logcap_has(&x.p->log, "conditional updates go through successor claims"),
+	    "log: %s", x.p->log.text);
+	mfx_fini(&x);
+
+	mfx_init_mode(&x, 0);
+	if (ferret)
+		cr_expect(logcap_has(&x.p->log, "mongo: FerretDB detected: conditional updates go "
+		                                "through successor claims (FerretDB#3040)"),
+		    "log: %s", x.p->log.text);
+	else
+		cr_expect_not(logcap_has(&x.p->log, "successor claims"), "log: %s", x.p->log.text);
+	cr_assert_eq(store_mongo_seed(x.st, "OneStock:m", 5), 0);
+	cr_assert_eq(store_mongo_take(x.st, "OneStock:m", 1, NULL), 0);
+	cr_expect_eq(raw_claims_of(x.p->db, "OneStock:m"), ferret ? 1 : 0,
+	    "auto mode uses claims exactly on FerretDB");
+	mfx_fini(&x);
+
+	mfx_init_mode(&x, 1);
+	if (ferret)
+		cr_expect(logcap_has(&x.p->log, "FerretDB with atomic_mode 1"), "log: %s",
+		    x.p->log.text);
+	cr_assert_eq(store_mongo_seed(x.st, "OneStock:m", 5), 0);
+	cr_assert_eq(store_mongo_take(x.st, "OneStock:m", 1, NULL), 0);
+	cr_expect_eq(raw_claims_of(x.p->db, "OneStock:m"), 0, "native mode writes no claims");
+	mfx_fini(&x);
+}
+
+/*
+ * Every committed write is exactly one claim; a document that lags or went
+ * back to an older chain state (what FerretDB's non-atomic update can do)
+ * is rolled forward by every read and never becomes the base of a write; a
+ * second store's stale remembered tip cannot commit either.
+ */
+MONGO_TEST(store_mongo_claims, regressed_document_is_rolled_forward)
+{
+	const char *sku = "OneStock:reg";
+	struct mfx x;
+	struct store_doc d;
+	struct store_mongo_view v;
+	struct collect col = { .n = 0 };
+	struct mongo_place *p2;
+	store_t *st2;
+	char filter[96];
+	int n = 0;
+
+	mfx_init_mode(&x, 2);
+	cr_assert_eq(store_mongo_seed(x.st, sku, 50), 0);
+	for (int i = 0; i < 10; i++)
+		cr_assert_eq(store_mongo_take(x.st, sku, 1, NULL), 0);
+	cr_expect_eq(raw_claims_of(x.p->db, sku), 10, "one claim per write");
+	cr_expect_eq(raw_doc_version(x.p->db, sku), 11);
+	cr_expect_eq(raw_last_claim_version(x.p->db, sku), 11);
+
+	/* Back to version 4 (stock 47, sold 3): every read sees version 11. */
+	snprintf(filter, sizeof filter, "{\"_id\": \"%s\"}", sku);
+	raw_update(x.p->db, "OneStock", filter,
+	    "{\"$set\": {\"stock\": {\"$numberLong\": \"47\"}, \"sold\": {\"$numberLong\": \"3\"}, "
+	    "\"version\": {\"$numberLong\": \"4\"}}}");
+	cr_assert_eq(raw_doc_version(x.p->db, sku), 4);
+	expect_doc(x.st, sku, 40, 10, 11);
+	cr_expect_eq(raw_doc_version(x.p->db, sku), 11, "the read repaired the document");
+
+	raw_update(x.p->db, "OneStock", filter,
+	    "{\"$set\": {\"stock\": {\"$numberLong\": \"47\"}, \"sold\": {\"$numberLong\": \"3\"}, "
+	    "\"version\": {\"$numberLong\": \"4\"}}}");
+	v = view_of(x.st, sku);
+	cr_expect_eq(v.doc.version, 11);
+	cr_expect_eq(v.doc.stock, 40);
+	raw_update(x.p->db, "OneStock", filter,
+	    "{\"$set\": {\"stock\": {\"$numberLong\": \"47\"}, \"sold\": {\"$numberLong\": \"3\"}, "
+	    "\"version\": {\"$numberLong\": \"4\"}}}");
+	cr_assert_eq(store_foreach(x.st, collect_fn, &col), 0);
+	cr_assert_eq(col.n, 1);
+	cr_expect_eq(col.docs[0].version, 11, "foreach rolls forward");
+	raw_update(x.p->db, "OneStock", filter,
+	    "{\"$set\": {\"stock\": {\"$numberLong\": \"47\"}, \"sold\": {\"$numberLong\": \"3\"}, "
+	    "\"version\": {\"$numberLong\": \"4\"}}}");
+	cr_assert_eq(store_mongo_view_all(x.st, count_views, &n), 0);
+	cr_expect_eq(raw_doc_version(x.p->db, sku), 11, "view_all rolls forward");
+
+	/* A write on a regressed document builds on the latest state. */
+	raw_update(x.p->db, "OneStock", filter,
+	    "{\"$set\": {\"stock\": {\"$numberLong\": \"47\"}, \"sold\": {\"$numberLong\": \"3\"}, "
+	    "\"version\": {\"$numberLong\": \"4\"}}}");
+	p2 = mongo_create_mode(2);
+	snprintf(p2->db, sizeof p2->db, "%s", x.p->db);
+	st2 = h_open(&mongo_harness, p2);
+	cr_assert_eq(store_mongo_take(st2, sku, 2, &d), 0);
+	cr_expect_eq(d.version, 12);
+	cr_expect_eq(d.stock, 38);
+	cr_expect_eq(d.sold, 12);
+
+	/* x.st may still remember version 11 as the last: that claim must fail. */
+	cr_assert_eq(store_mongo_take(x.st, sku, 1, &d), 0);
+	cr_expect_eq(d.version, 13);
+	cr_expect_eq(d.stock, 37);
+	cr_expect_eq(d.sold, 13);
+	cr_assert_eq(store_mongo_adjust(st2, sku, false, 3, &d), 0);
+	cr_expect_eq(d.stock, 40);
+	cr_assert_eq(store_mongo_take(x.st, sku, 40, &d), 0, "saw the restock");
+	cr_expect_eq(store_mongo_take(x.st, sku, 1, &d), STOCK_ESOLDOUT);
+	cr_expect_eq(d.version, 15);
+	d = mkdoc(sku, 5, 53, 20);
+	cr_assert_eq(store_append(st2, &d, true), 0, "append jumps versions");
+	d = mkdoc(sku, 9, 49, 19);
+	cr_assert_eq(store_append(x.st, &d, true), 0, "an older append changes nothing");
+	expect_doc(x.st, sku, 5, 53, 20);
+	cr_expect_eq(raw_claims_of(x.p->db, sku), 15);
+	cr_expect_eq(raw_last_claim_version(x.p->db, sku), 20);
+	cr_expect_eq(raw_doc_version(x.p->db, sku), 20);
+	store_close(st2);
+	pthread_mutex_destroy(&p2->log.mu);
+	free(p2);
+	mfx_fini(&x);
+}
+
+/*
+ * Pruning deletes only claims both far behind (CLAIM_KEEP = 64 versions)
+ * and old (5 s by their stamp; the test ages them by hand), after every
+ * 128th commit of a store.
+ */
+MONGO_TEST(store_mongo_claims, old_claims_are_pruned)
+{
+	const char *sku = "prune";
+	struct mfx x;
+
+	mfx_init_mode(&x, 2);
+	cr_assert_eq(store_mongo_seed(x.st, sku, 1000), 0);
+	for (int i = 0; i < 250; i++)
+		cr_assert_eq(store_mongo_take(x.st, sku, 1, NULL), 0);
+	cr_expect_eq(raw_claims_of(x.p->db, sku), 250, "the 128th commit kept young claims");
+	{
+		int64_t at = raw_int(x.p->db, "StockClaims", "sku", sku, NULL, "at");
+		int64_t now = (int64_t)time(NULL) * 1000;
+
+		cr_expect(at > now - 10000 && at < now + 10000, "claim stamp %lld, now %lld",
+		    (long long)at, (long long)now);
+	}
+	raw_update(x.p->db, "StockClaims", "{}", "{\"$set\": {\"at\": {\"$numberLong\": \"0\"}}}");
+	for (int i = 0; i < 6; i++)
+		cr_assert_eq(store_mongo_take(x.st, sku, 1, NULL), 0);
+	/* The 256th commit (version 256 -> 257) pruned old ones from < 256 - 64. */
+	cr_expect_eq(raw_count_where(x.p->db, "StockClaims",
+	                 "{\"sku\": \"prune\", \"from\": {\"$lt\": 192}}"),
+	    0);
+	cr_expect_eq(raw_claims_of(x.p->db, sku), 256 - 191, "old but recent versions stay");
+	expect_doc(x.st, sku, 1000 - 256, 256, 257);
+	cr_assert_eq(store_mongo_take(x.st, sku, 1, NULL), 0);
+	expect_doc(x.st, sku, 1000 - 257, 257, 258);
+	mfx_fini(&x);
+}
+
+/* --- several processes on one database ----------------------------------- */
+
+/*
+ * Three child processes, each with a store (and client pool) of its own on
+ * the same database, race for one SKU; they report what they got through a
+ * pipe. Nothing may be sold twice across processes: that is what claims
+ * are for (native mode on FerretDB would fail here). fork() happens while
+ * the test process has no store open (no thread of ours is alive), which
+ * also keeps it working under the TSan build's in-process runner.
+ */
+#define MP_PROCS 3
+#define MP_TAKERS 4
+#define MP_TAKE_STOCK 300
+#define MP_GRANTERS 2
+#define MP_GRANT_STOCK 120
+
+struct mp_report {
+	uint64_t units;  /* units taken or granted */
+	uint64_t writes; /* successful takes / lease CASes (opens included) */
+	int errors;
+	char err[256];
+};
+
+static void
+mp_log(void *arg, const char *msg)
+{
+	(void)arg;
+	if (strstr(msg, "successor claims") == NULL) /* the open's line: expected */
+		fprintf(stderr, "child %ld: %s\n", (long)getpid(), msg);
+}
+
+static store_t *
+mp_open(const char *db, int mode, struct mp_report *r)
+{
+	struct store_mongo_options o = { 0 };
+	store_t *st = NULL;
+
+	o.uri = getenv("STOCK_TEST_MONGO_URI");
+	o.database = db;
+	o.timeout_ms = 5000;
+	o.atomic_mode = mode;
+	o.log = mp_log;
+	if (store_mongo_open(&st, &o, r->err, sizeof r->err) != 0) {
+		r->errors++;
+		return NULL;
+	}
+	return st;
+}
+
+/* A child: run the race, fill @r. */
+typedef void (*mp_child_fn)(const char *db, int mode, int id, struct mp_report *r);
+
+static void
+mp_child_takes(const char *db, int mode, int id, struct mp_report *r)
+{
+	struct taker t[MP_TAKERS];
+	pthread_t th[MP_TAKERS];
+	store_t *st;
+
+	(void)id;
+	if ((st = mp_open(db, mode, r)) == NULL)
+		return;
+	for (int i = 0; i < MP_TAKERS; i++) {
+		t[i] = (struct taker){ st, "OneStock:mp", 1, 0, 0, 0 };
+		if (pthread_create(&th[i], NULL, taker_fn, &t[i]) != 0)
+			abort();
+	}
+	for (int i = 0; i < MP_TAKERS; i++) {
+		pthread_join(th[i], NULL);
+		r->units += t[i].units;
+		r->writes += t[i].units; /* one unit per take */
+		r->errors += t[i].errors;
+		if (t[i].errors != 0)
+			snprintf(r->err, sizeof r->err, "a taker ended on %s",
+			    stock_err_name(t[i].last_rc));
+	}
+	store_close(st);
+}
+
+static void
+mp_child_grants(const char *db, int mode, int id, struct mp_report *r)
+{
+	struct granter g[MP_GRANTERS];
+	pthread_t th[MP_GRANTERS];
+	store_t *st;
+
+	if ((st = mp_open(db, mode, r)) == NULL)
+		return;
+	for (int i = 0; i < MP_GRANTERS; i++) {
+		memset(&g[i], 0, sizeof g[i]);
+		g[i].st = st;
+		snprintf(g[i].host, sizeof g[i].host, "p%d-h%d", id, i); /* distinct hosts */
+		if (pthread_create(&th[i], NULL, granter_fn, &g[i]) != 0)
+			abort();
+	}
+	for (int i = 0; i < MP_GRANTERS; i++) {
+		pthread_join(th[i], NULL);
+		r->units += g[i].granted;
+		r->writes += g[i].writes;
+		r->errors += g[i].errors;
+		if (g[i].errors != 0)
+			snprintf(r->err, sizeof r->err, "a granter ended on %s",
+			    stock_err_name(g[i].last_rc));
+	}
+	store_close(st);
+}
+
+/*
+ * Fork MP_PROCS children running @child; sum their reports into @total.
+ * Returns once all have exited.
+ */
+static void
+mp_run(const char *db, int mode, mp_child_fn child, struct mp_report *total)
+{
+	pid_t pids[MP_PROCS];
+	int fds[2];
+
+	memset(total, 0, sizeof *total);
+	cr_assert_eq(pipe(fds), 0);
+	fflush(NULL);
+	for (int i = 0; i < MP_PROCS; i++) {
+		pids[i] = fork();
+		cr_assert_geq(pids[i], 0, "fork: %s", strerror(errno));
+		if (pids[i] == 0) {
+			struct mp_report r;
+			size_t o = 0;
+
+			close(fds[0]);
+			memset(&r, 0, sizeof r);
+			child(db, mode, i, &r);
+			while (o < sizeof r) {
+				ssize_t w = write(fds[1], (char *)&r + o, sizeof r - o);
+
+				if (w <= 0)
+					_exit(3);
+				o += (size_t)w;
+			}
+			_exit(0);
+		}
+	}
+	close(fds[1]);
+	for (int i = 0; i < MP_PROCS; i++) {
+		struct mp_report r;
+		size_t o = 0;
+
+		while (o < sizeof r) {
+			ssize_t n = read(fds[0], (char *)&r + o, sizeof r - o);
+
+			cr_assert_gt(n, 0, "child %d sent no report", i);
+			o += (size_t)n;
+		}
+		total->units += r.units;
+		total->writes += r.writes;
+		total->errors += r.errors;
+		if (r.err[0] != '\0')
+			snprintf(total->err, sizeof total->err, "%s", r.err);
+	}
+	close(fds[0]);
+	for (int i = 0; i < MP_PROCS; i++) {
+		int status;
+
+		cr_assert_eq(waitpid(pids[i], &status, 0), pids[i]);
+		cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child %d: status %#x", i,
+		    status);
+	}
+}
+
+/*
+ * Claims mode: exactly one claim per successful write, and the document
+ * holds the last claimed state (nobody's copy was left behind or undone).
+ */
+static void
+mp_check_chain(const char *db, const char *sku, int mode, uint64_t writes)
+{
+	int64_t claims = raw_claims_of(db, sku);
+
+	if (mode != 2 && claims == 0)
+		return; /* auto mode on MongoDB: native */
+	cr_expect_eq(claims, (int64_t)writes, "%lld claims for %llu writes", (long long)claims,
+	    (unsigned long long)writes);
+	cr_expect_eq(raw_last_claim_version(db, sku), (int64_t)writes + 1);
+	cr_expect_eq(raw_doc_version(db, sku), (int64_t)writes + 1,
+	    "the document holds the last claimed state");
+}
+
+static void
+t_mp_takes(int mode)
+{
+	struct mongo_place *p = mongo_create_mode(mode);
+	struct mp_report tot;
+	store_t *st;
+
+	st = h_open(&mongo_harness, p);
+	cr_assert_eq(store_mongo_seed(st, "OneStock:mp", MP_TAKE_STOCK), 0);
+	store_close(st); /* no store (no threads) in this process across fork */
+
+	mp_run(p->db, mode, mp_child_takes, &tot);
+	cr_expect_eq(tot.errors, 0, "children ended on errors (%s)", tot.err);
+	cr_expect_eq(tot.units, MP_TAKE_STOCK, "units bought: %llu of %d",
+	    (unsigned long long)tot.units, MP_TAKE_STOCK);
+	mp_check_chain(p->db, "OneStock:mp", mode, tot.writes);
+	st = h_open(&mongo_harness, p);
+	expect_doc(st, "OneStock:mp", 0, MP_TAKE_STOCK, (uint64_t)MP_TAKE_STOCK + 1);
+	store_close(st);
+	mongo_destroy_place(p);
+}
+
+static void
+t_mp_grants(int mode)
+{
+	struct mongo_place *p = mongo_create_mode(mode);
+	struct store_mongo_view v;
+	struct mp_report tot;
+	uint64_t in_doc = 0;
+	store_t *st;
+
+	st = h_open(&mongo_harness, p);
+	cr_assert_eq(store_mongo_seed(st, "OneStock:grants", MP_GRANT_STOCK), 0);
+	store_close(st);
+
+	mp_run(p->db, mode, mp_child_grants, &tot);
+	cr_expect_eq(tot.errors, 0, "children ended on errors (%s)", tot.err);
+	cr_expect_eq(tot.units, MP_GRANT_STOCK, "granted %llu of %d", (unsigned long long)tot.units,
+	    MP_GRANT_STOCK);
+	mp_check_chain(p->db, "OneStock:grants", mode, tot.writes);
+	st = h_open(&mongo_harness, p);
+	cr_assert_eq(store_mongo_view(st, "OneStock:grants", &v), 0);
+	cr_expect_eq(v.doc.stock, 0);
+	cr_expect_eq(v.nleases, MP_PROCS * MP_GRANTERS);
+	for (size_t i = 0; i < v.nleases; i++)
+		in_doc += v.leases[i].lease.granted;
+	cr_expect_eq(in_doc, MP_GRANT_STOCK, "the leases hold exactly the initial stock");
+	cr_expect_eq(v.doc.version, tot.writes + 1);
+	store_close(st);
+	mongo_destroy_place(p);
+}
+
+MONGO_TEST(store_mongo_multi, takes_from_three_processes_never_oversell_claims)
+{
+	t_mp_takes(2);
+}
+
+MONGO_TEST(store_mongo_multi, takes_from_three_processes_never_oversell_auto)
+{
+	t_mp_takes(0);
+}
+
+MONGO_TEST(store_mongo_multi, grants_from_three_processes_never_oversell_claims)
+{
+	t_mp_grants(2);
+}
+
+MONGO_TEST(store_mongo_multi, grants_from_three_processes_never_oversell_auto)
+{
+	t_mp_grants(0);
 }
 
 /* Needs no MongoDB: nobody listens on port 1. */
@@ -2324,6 +2945,10 @@ Test(store_mongo, open_fails_fast_on_a_dead_server)
 	cr_expect_not_null(strstr(err, "127.0.0.1:1"), "%s", err);
 	cr_expect_not_null(strstr(err, "unreachable"), "%s", err);
 
+	o.atomic_mode = 3;
+	cr_expect_eq(store_mongo_open(&st, &o, err, sizeof err), STOCK_EINVAL);
+	cr_expect_not_null(strstr(err, "atomic_mode"), "%s", err);
+	o.atomic_mode = 0;
 	o.uri = "http://not-a-mongodb-uri";
 	cr_expect_eq(store_mongo_open(&st, &o, err, sizeof err), STOCK_EINVAL);
 	cr_expect_not_null(strstr(err, "bad URI"), "%s", err);
@@ -2491,9 +3116,10 @@ ms_since(uint64_t t0)
 	return (stock_now_ns() - t0) / 1000000;
 }
 
-MONGO_TEST(store_mongo, dead_server_fails_fast_then_recovers)
+static void
+t_dead_server_fails_fast_then_recovers(int mode)
 {
-	struct mongo_place *place = mongo_create();
+	struct mongo_place *place = mongo_create_mode(mode);
 	struct store_mongo_options o = { 0 };
 	struct proxy px;
 	store_t *st;
@@ -2507,6 +3133,7 @@ MONGO_TEST(store_mongo, dead_server_fails_fast_then_recovers)
 	snprintf(uri, sizeof uri, "mongodb://127.0.0.1:%u/", px.port);
 	o.uri = uri;
 	o.database = place->db;
+	o.atomic_mode = place->atomic_mode;
 	o.timeout_ms = 500;
 	o.log = logcap_fn;
 	o.log_arg = &place->log;
@@ -2560,3 +3187,4 @@ MONGO_TEST(store_mongo, dead_server_fails_fast_then_recovers)
 	cr_expect(logcap_has(&place->log, "dropped 1 write-behind"), "log: %s", place->log.text);
 	mongo_destroy_place(place);
 }
+MONGO_MODES(dead_server_fails_fast_then_recovers)
