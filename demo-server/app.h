@@ -18,6 +18,7 @@
 #include <civetweb.h>
 #include <stock.h>
 
+#include "batch.h"
 #include "bus.h"
 #include "lease.h"
 #include "store.h"
@@ -99,6 +100,7 @@ struct app {
 	store_t *store;
 	lease_mgr_t *leases;            /* --mongo only: leases, peek caches, poll */
 	bus_t *bus;                     /* --redis only */
+	struct take_batcher db_batch;   /* --mongo: group commit of Db buys */
 	struct app_one_item one[APP_ONE_COUNT];
 	stock_table_t *many;            /* ManyStock: SKU -> atomic counter */
 	struct stock_breaker gate;      /* isolated by /Util/Close */

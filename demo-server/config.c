@@ -41,7 +41,7 @@ app_config_usage(FILE *out, const char *argv0)
 	    "  --one-channel NAME    (default OneStockUpdateEvent)\n"
 	    "  --many-channel NAME   (default MultiStockUpdateEvent)\n"
 	    "  --host-id ID          this instance's name (STOCK_HOST_ID, default: hostname)\n"
-	    "  --lease-block N       most units moved into this instance's lease at once (1000)\n"
+	    "  --lease-block N       units per lease grant (1000; under load about 1 s of sales)\n"
 	    "  --lease-ms MS         a lease not renewed for MS may be reclaimed (10000)\n"
 	    "  --record-ms MS        sales are recorded in MongoDB at least this often (100)\n"
 	    "  --poll-ms MS          every document is re-read this often (1000)\n"

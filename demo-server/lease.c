@@ -103,6 +103,8 @@ struct lease_entry {
 	uint64_t pool;              /* atomic: last seen stock of the document */
 	uint64_t last_sale_ns;      /* atomic */
 	uint64_t last_renew_ns;     /* under mu */
+	uint64_t rate;              /* under mu: units sold per second (smoothed) */
+	uint64_t rate_mark_sold, rate_mark_ns; /* under mu */
 };
 
 struct lease_mgr {
@@ -380,19 +382,40 @@ update(struct lease_mgr *m, struct lease_entry *e, uint64_t grant, uint64_t ret)
 
 /* ---- the buy path -------------------------------------------------------- */
 
+/*
+ * Units to ask for: about a second of this instance's recent sales, at least
+ * --lease-block, at most 1/8 of the pool (so the last units spread across
+ * instances), at least @n. Entry lock held.
+ */
 static uint64_t
 grant_size(struct lease_mgr *m, struct lease_entry *e, uint64_t n)
 {
 	uint64_t pool = ck_pr_load_64(&e->pool);
-	uint64_t want = pool / 8;
+	uint64_t want = e->rate > m->opt.block ? e->rate : m->opt.block;
 
-	if (want > m->opt.block)
-		want = m->opt.block;
+	if (want > pool / 8)
+		want = pool / 8;
 	if (want < 1)
 		want = 1;
 	if (want < n)
 		want = n;
 	return want;
+}
+
+/* Every 100 ms: the smoothed sales rate (units/s). Entry lock held. */
+static void
+measure_rate(struct lease_entry *e, uint64_t now)
+{
+	uint64_t sold = ck_pr_load_64(&e->slot->sold), dt = now - e->rate_mark_ns;
+
+	if (dt < 100000000ULL)
+		return;
+	if (e->rate_mark_ns != 0) {
+		uint64_t r = (sold - e->rate_mark_sold) * 1000000000ULL / dt;
+		e->rate = (e->rate + r) / 2;
+	}
+	e->rate_mark_sold = sold;
+	e->rate_mark_ns = now;
 }
 
 /* Refill so that @n units can be taken. Entry lock held. */
@@ -573,6 +596,7 @@ tend(struct lease_mgr *m, struct lease_entry *e, bool closing)
 		pthread_mutex_unlock(&e->mu);
 		return;
 	}
+	measure_rate(e, now);
 	sold = ck_pr_load_64(&e->slot->sold);
 	last_sale = ck_pr_load_64(&e->last_sale_ns);
 	stock_counter_read(e->ctr, &l);
@@ -606,7 +630,7 @@ tend(struct lease_mgr *m, struct lease_entry *e, bool closing)
 	/* Active and running low: refill ahead of the buyers. */
 	stock_counter_read(e->ctr, &l);
 	if (!closing && !e->unsure && !e->broken && now - last_sale < ms_ns(m->opt.idle_ms) &&
-	    last_sale != 0 && l.remaining < grant_size(m, e, 1) / 4 + 1 &&
+	    last_sale != 0 && l.remaining < grant_size(m, e, 1) / 2 + 1 &&
 	    ck_pr_load_64(&e->pool) > 0)
 		(void)refill(m, e, 1); /* a failure is retried next tick; buyers refill too */
 	pthread_mutex_unlock(&e->mu);

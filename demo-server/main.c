@@ -275,6 +275,8 @@ build_catalog_mongo(struct app *app)
 	for (size_t i = 0; i < sizeof many_seed / sizeof many_seed[0]; i++)
 		if (store_mongo_seed(app->store, many_seed[i], app->cfg.initial_stock) != 0)
 			return -1;
+	if (take_batcher_init(&app->db_batch, app->store, one_ids[APP_ONE_DB], 256) != 0)
+		return -1;
 	if (stock_table_create(&app->many, STOCK_STRATEGY_ATOMIC, 64) != 0 ||
 	    store_mongo_view_all(app->store, collect_many, app) != 0)
 		return -1;

@@ -337,9 +337,10 @@ peek_to_level(const struct lease_peek *p, struct stock_level *l)
 }
 
 /*
- * Durable buy on MongoDB: one findAndModify {stock >= n} → $inc. A failed
- * round trip is never retried (it may have been applied), the breaker opens
- * after repeated failures so buyers get a fast 503 while MongoDB is down.
+ * Durable buy on MongoDB: one findAndModify {stock >= n} → $inc, shared by
+ * the buys that arrive together (batch.c). A failed round trip is never
+ * retried (it may have been applied), the breaker opens after repeated
+ * failures so buyers get a fast 503 while MongoDB is down.
  */
 static int
 buy_mongo_db(struct app *app, struct mg_connection *c, struct app_one_item *it, uint64_t qty)
@@ -355,7 +356,7 @@ buy_mongo_db(struct app *app, struct mg_connection *c, struct app_one_item *it, 
 		stock_permits_release(&app->db_inflight, 1);
 		return http_error(c, 503, "store_unavailable", "MongoDB is failing, retry later");
 	}
-	rc = store_mongo_take(app->store, it->doc_id, qty, &after);
+	rc = take_batcher_take(&app->db_batch, qty, &after);
 	if (rc == STOCK_ESYS) {
 		stock_breaker_failure(&app->store_breaker, tok);
 		stock_permits_release(&app->db_inflight, 1);
