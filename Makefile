@@ -81,7 +81,7 @@ BENCH_BIN := $(O)/bench/bench_counters
 BSON_CFLAGS := $(shell pkg-config --cflags libbson-1.0 libmongoc-1.0 hiredis 2>/dev/null)
 BSON_LIBS   := $(shell pkg-config --libs libmongoc-1.0 libbson-1.0 hiredis 2>/dev/null || \
                  echo -lmongoc-1.0 -lbson-1.0 -lhiredis)
-STORE_SRCS  := demo-server/store_bson.c demo-server/crc32c.c \
+STORE_SRCS  := demo-server/store.c demo-server/store_bson.c demo-server/crc32c.c \
                $(wildcard demo-server/store_mongo.c demo-server/bus_redis.c)
 STORE_HDRS  := $(wildcard demo-server/*.h)
 SERVER_UNIT_SRCS := $(wildcard tests/server/test_*.c)

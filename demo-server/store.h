@@ -49,6 +49,28 @@ struct store_doc {
 	uint64_t version;
 };
 
+/* --- document rules every implementation shares (store.c) -------------- */
+
+/**
+ * store_doc_check - 0 when @doc may be stored: a SKU of 1..STORE_SKU_MAX
+ * bytes of valid UTF-8, stock and sold at most STOCK_COUNT_MAX, version at
+ * most INT64_MAX; STOCK_EINVAL otherwise (also for NULL).
+ */
+int store_doc_check(const struct store_doc *doc);
+
+/** store_doc_normalize - copy @src into @dst with the bytes after the SKU zeroed. */
+void store_doc_normalize(struct store_doc *dst, const struct store_doc *src);
+
+/**
+ * store_doc_newer - true when state @a of a SKU wins over @b: the higher
+ * version; on a tie the larger sold, then the larger stock.
+ */
+bool store_doc_newer(const struct store_doc *a, const struct store_doc *b);
+
+/** store_seterr - format an open's error message into @err (NULL: ignored). */
+void store_seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Buckets of store_stats.batch_hist: records per committed batch. */
 #define STORE_BATCH_HIST 8 /* 1, 2-3, 4-7, 8-15, 16-31, 32-63, 64-127, 128+ */
 

@@ -121,46 +121,6 @@ rec_seal(uint8_t *rec, uint32_t bson_crc, uint32_t batch, uint32_t flags)
 /* Documents                                                               */
 /* ====================================================================== */
 
-static int
-doc_check(const struct store_doc *doc)
-{
-	size_t n;
-
-	if (doc == NULL)
-		return STOCK_EINVAL;
-	n = strnlen(doc->sku, sizeof doc->sku);
-	if (n == 0 || n > STORE_SKU_MAX || !bson_utf8_validate(doc->sku, n, false))
-		return STOCK_EINVAL;
-	if (doc->stock > STOCK_COUNT_MAX || doc->sold > STOCK_COUNT_MAX ||
-	    doc->version > (uint64_t)INT64_MAX)
-		return STOCK_EINVAL;
-	return 0;
-}
-
-/* A copy of @doc with the bytes after the SKU's NUL zeroed. */
-static void
-doc_normalize(struct store_doc *dst, const struct store_doc *src)
-{
-	size_t n = strnlen(src->sku, STORE_SKU_MAX);
-
-	memset(dst, 0, sizeof *dst);
-	memcpy(dst->sku, src->sku, n);
-	dst->stock = src->stock;
-	dst->sold = src->sold;
-	dst->version = src->version;
-}
-
-/* Max version wins; ties go to the larger sold, then the larger stock. */
-static bool
-doc_newer(const struct store_doc *a, const struct store_doc *b)
-{
-	if (a->version != b->version)
-		return a->version > b->version;
-	if (a->sold != b->sold)
-		return a->sold > b->sold;
-	return a->stock > b->stock;
-}
-
 /*
  * Frames the built document @b as a record in @rec (magic, length, BSON;
  * batch and flags are left for rec_seal) and destroys @b. @ok is false when
@@ -492,30 +452,6 @@ slog(struct store_bson *s, const char *fmt, ...)
 }
 
 static void
-seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static void
-seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err == NULL || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
-static uint64_t
-mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-static void
 futex_wait(uint32_t *word, uint32_t val)
 {
 	syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
@@ -695,10 +631,10 @@ idx_apply(struct index *x, const struct store_doc *doc)
 	struct store_doc *slot = idx_slot(x, doc->sku);
 
 	if (slot->sku[0] == '\0') {
-		doc_normalize(slot, doc);
+		store_doc_normalize(slot, doc);
 		x->n++;
-	} else if (doc_newer(doc, slot)) {
-		doc_normalize(slot, doc);
+	} else if (store_doc_newer(doc, slot)) {
+		store_doc_normalize(slot, doc);
 	}
 }
 
@@ -868,7 +804,7 @@ complete_batch(struct store_bson *s, int rc, uint32_t batch_no)
 		s->backoff_ns = s->backoff_ns ? s->backoff_ns * 2 : BACKOFF_MIN_NS;
 		if (s->backoff_ns > BACKOFF_MAX_NS)
 			s->backoff_ns = BACKOFF_MAX_NS;
-		s->backoff_until = mono_ns() + s->backoff_ns;
+		s->backoff_until = stock_now_ns() + s->backoff_ns;
 	}
 	if (n > 0 && b->meta[n - 1].seq > s->done_seq)
 		s->done_seq = b->meta[n - 1].seq;
@@ -951,7 +887,7 @@ flusher_main(void *arg)
 				 * sync, with backoff, so the store turns healthy again
 				 * (readiness probe) without waiting for traffic.
 				 */
-				if (mono_ns() < s->backoff_until) {
+				if (stock_now_ns() < s->backoff_until) {
 					cond_wait_until(&s->work_cv, &s->mu, s->backoff_until);
 					continue;
 				}
@@ -968,7 +904,7 @@ flusher_main(void *arg)
 					s->backoff_ns = s->backoff_ns * 2 > BACKOFF_MAX_NS
 					    ? BACKOFF_MAX_NS
 					    : (s->backoff_ns ? s->backoff_ns * 2 : BACKOFF_MIN_NS);
-					s->backoff_until = mono_ns() + s->backoff_ns;
+					s->backoff_until = stock_now_ns() + s->backoff_ns;
 				}
 				continue;
 			}
@@ -978,7 +914,7 @@ flusher_main(void *arg)
 			s->flusher_idle = false;
 			continue;
 		}
-		if (s->backoff_until != 0 && !s->closing && mono_ns() < s->backoff_until) {
+		if (s->backoff_until != 0 && !s->closing && stock_now_ns() < s->backoff_until) {
 			cond_wait_until(&s->work_cv, &s->mu, s->backoff_until);
 			continue;
 		}
@@ -990,12 +926,12 @@ flusher_main(void *arg)
 		 */
 		target = s->last_batch_n < s->opt.max_batch ? s->last_batch_n : s->opt.max_batch;
 		if (s->opt.max_delay_us > 0 && s->pending.n < target && !s->closing) {
-			uint64_t deadline = mono_ns() + (uint64_t)s->opt.max_delay_us * 1000ULL;
+			uint64_t deadline = stock_now_ns() + (uint64_t)s->opt.max_delay_us * 1000ULL;
 
 			s->flusher_idle = true;
 			s->want = target;
 			while (s->pending.n < target && !s->closing && s->rot != ROT_REQ &&
-			    mono_ns() < deadline)
+			    stock_now_ns() < deadline)
 				cond_wait_until(&s->work_cv, &s->mu, deadline);
 			s->flusher_idle = false;
 			if (s->rot == ROT_REQ)
@@ -1272,9 +1208,9 @@ snapper_main(void *arg)
 		rc = snap_run(s, false);
 		pthread_mutex_lock(&s->mu);
 		if (rc != 0) {
-			uint64_t until = mono_ns() + SNAP_RETRY_NS;
+			uint64_t until = stock_now_ns() + SNAP_RETRY_NS;
 
-			while (!s->snap_stop && mono_ns() < until)
+			while (!s->snap_stop && stock_now_ns() < until)
 				cond_wait_until(&s->snap_cv, &s->mu, until);
 		}
 		s->snap_req = false;
@@ -1318,30 +1254,30 @@ open_dir_and_lock(struct store_bson *s, char *err, size_t errlen)
 	ssize_t r;
 
 	if (mkdir_p(s->dir) != 0) {
-		seterr(err, errlen, "%s: cannot create the data directory: %s", s->dir,
+		store_seterr(err, errlen, "%s: cannot create the data directory: %s", s->dir,
 		    strerror(errno));
 		return STOCK_ESYS;
 	}
 	s->dirfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (s->dirfd < 0) {
-		seterr(err, errlen, "%s: cannot open the data directory: %s", s->dir,
+		store_seterr(err, errlen, "%s: cannot open the data directory: %s", s->dir,
 		    strerror(errno));
 		return STOCK_ESYS;
 	}
 	s->lockfd = openat(s->dirfd, LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (s->lockfd < 0) {
-		seterr(err, errlen, "%s/%s: cannot open: %s", s->dir, LOCK_NAME, strerror(errno));
+		store_seterr(err, errlen, "%s/%s: cannot open: %s", s->dir, LOCK_NAME, strerror(errno));
 		return STOCK_ESYS;
 	}
 	if (flock(s->lockfd, LOCK_EX | LOCK_NB) != 0) {
 		if (errno != EWOULDBLOCK) {
-			seterr(err, errlen, "%s/%s: flock: %s", s->dir, LOCK_NAME, strerror(errno));
+			store_seterr(err, errlen, "%s/%s: flock: %s", s->dir, LOCK_NAME, strerror(errno));
 			return STOCK_ESYS;
 		}
 		r = pread(s->lockfd, pid, sizeof pid - 1, 0);
 		pid[r > 0 ? r : 0] = '\0';
 		pid[strcspn(pid, "\n")] = '\0';
-		seterr(err, errlen,
+		store_seterr(err, errlen,
 		    "%s/%s: the data directory is in use by another store (pid %s); refusing to open",
 		    s->dir, LOCK_NAME, pid[0] != '\0' ? pid : "unknown");
 		return STOCK_EBUSY;
@@ -1421,11 +1357,11 @@ load_snapshot(struct store_bson *s, uint64_t *jgen, char *err, size_t errlen)
 	if (fd < 0) {
 		if (errno == ENOENT)
 			return 0;
-		seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+		store_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
 		return STOCK_ESYS;
 	}
 	if (map_file(fd, &p, &size) != 0) {
-		seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+		store_seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
 		close(fd);
 		return STOCK_ESYS;
 	}
@@ -1450,7 +1386,7 @@ load_snapshot(struct store_bson *s, uint64_t *jgen, char *err, size_t errlen)
 		if (r == REC_OK) {
 			if (o != 0) {
 				if (idx_apply_grow(&s->idx, &doc) != 0) {
-					seterr(err, errlen, "%s: out of memory", path);
+					store_seterr(err, errlen, "%s: out of memory", path);
 					rc = STOCK_ENOMEM;
 					break;
 				}
@@ -1461,7 +1397,7 @@ load_snapshot(struct store_bson *s, uint64_t *jgen, char *err, size_t errlen)
 			continue;
 		}
 		if (!s->opt.repair) {
-			seterr(err, errlen,
+			store_seterr(err, errlen,
 			    "%s: corrupt record at offset %zu (%s); a snapshot is renamed into place "
 			    "whole, so this is damage, not a torn write: refusing to open (restore the "
 			    "file, or open with repair to load its readable documents)",
@@ -1483,7 +1419,7 @@ load_snapshot(struct store_bson *s, uint64_t *jgen, char *err, size_t errlen)
 	}
 	if (rc == 0 && skipped == 0 && (!meta || docs != count || !(last_flags & REC_FLAG_END))) {
 		if (!s->opt.repair) {
-			seterr(err, errlen,
+			store_seterr(err, errlen,
 			    "%s: incomplete snapshot: %" PRIu64 " documents of %" PRIu64
 			    " announced, %zu bytes%s; refusing to open (restore the file, or open "
 			    "with repair)",
@@ -1532,7 +1468,7 @@ replay_journal(struct store_bson *s, uint64_t gen, bool keep, char *err, size_t 
 	snprintf(path, sizeof path, "%s/%s", s->dir, name);
 	fd = openat(s->dirfd, name, O_RDWR | O_CLOEXEC);
 	if (fd < 0 || map_file(fd, &p, &size) != 0) {
-		seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+		store_seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
 		if (fd >= 0)
 			close(fd);
 		return STOCK_ESYS;
@@ -1557,7 +1493,7 @@ replay_journal(struct store_bson *s, uint64_t gen, bool keep, char *err, size_t 
 
 				bcap = bcap ? bcap * 2 : 64;
 				if ((nd = realloc(bd, bcap * sizeof *nd)) == NULL) {
-					seterr(err, errlen, "%s: out of memory", path);
+					store_seterr(err, errlen, "%s: out of memory", path);
 					rc = STOCK_ENOMEM;
 					goto out;
 				}
@@ -1569,7 +1505,7 @@ replay_journal(struct store_bson *s, uint64_t gen, bool keep, char *err, size_t 
 			o += v.total;
 			if (v.flags & REC_FLAG_END) {
 				if (idx_apply_all(&s->idx, bd, bn) != 0) {
-					seterr(err, errlen, "%s: out of memory", path);
+					store_seterr(err, errlen, "%s: out of memory", path);
 					rc = STOCK_ENOMEM;
 					goto out;
 				}
@@ -1599,7 +1535,7 @@ replay_journal(struct store_bson *s, uint64_t gen, bool keep, char *err, size_t 
 			break;
 		}
 		if (!s->opt.repair) {
-			seterr(err, errlen,
+			store_seterr(err, errlen,
 			    "%s: corrupt record at offset %zu (%s), followed by valid records (batch "
 			    "%" PRIu32 " at offset %zu): the journal is damaged in the middle; refusing "
 			    "to open (restore the file, or open with repair to skip the damage)",
@@ -1609,7 +1545,7 @@ replay_journal(struct store_bson *s, uint64_t gen, bool keep, char *err, size_t 
 		}
 		/* Repair: the damaged batch was committed; keep what is readable of it. */
 		if (idx_apply_all(&s->idx, bd, bn) != 0) {
-			seterr(err, errlen, "%s: out of memory", path);
+			store_seterr(err, errlen, "%s: out of memory", path);
 			rc = STOCK_ENOMEM;
 			goto out;
 		}
@@ -1642,7 +1578,7 @@ out:
 	if (rc == 0 && cut != SIZE_MAX &&
 	    (io_ftruncate(s, STORE_IO_JOURNAL, fd, (off_t)cut) != 0 ||
 	        io_sync(s, STORE_IO_JOURNAL, fd) != 0)) {
-		seterr(err, errlen, "%s: cannot cut the torn tail at offset %zu: %s", path, cut,
+		store_seterr(err, errlen, "%s: cannot cut the torn tail at offset %zu: %s", path, cut,
 		    strerror(errno));
 		rc = STOCK_ESYS;
 	}
@@ -1728,7 +1664,7 @@ recover(struct store_bson *s, char *err, size_t errlen)
 	if ((rc = load_snapshot(s, &snap_gen, err, errlen)) != 0)
 		return rc;
 	if ((rc = list_journals(s, &gens, &n)) != 0) {
-		seterr(err, errlen, "%s: cannot list the journals", s->dir);
+		store_seterr(err, errlen, "%s: cannot list the journals", s->dir);
 		return rc;
 	}
 	s->first_gen = 0;
@@ -1753,7 +1689,7 @@ recover(struct store_bson *s, char *err, size_t errlen)
 		journal_name(name, sizeof name, gen);
 		s->jfd = openat(s->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		if (s->jfd < 0 || io_sync(s, STORE_IO_DIR, s->dirfd) != 0) {
-			seterr(err, errlen, "%s/%s: cannot create the journal: %s", s->dir, name,
+			store_seterr(err, errlen, "%s/%s: cannot create the journal: %s", s->dir, name,
 			    strerror(errno));
 			free(gens);
 			return STOCK_ESYS;
@@ -1780,9 +1716,9 @@ bs_append(store_t *st, const struct store_doc *doc, bool durable)
 	struct rec_meta m;
 	int rc, len;
 
-	if ((rc = doc_check(doc)) != 0)
+	if ((rc = store_doc_check(doc)) != 0)
 		return rc;
-	doc_normalize(&m.doc, doc);
+	store_doc_normalize(&m.doc, doc);
 	if ((len = rec_encode(&m.doc, rec, &m.bson_crc)) < 0)
 		return len;
 	m.len = (uint32_t)len;
@@ -1983,7 +1919,7 @@ store_bson_open(store_t **out, const struct store_bson_options *opt, char *err, 
 	if (out != NULL)
 		*out = NULL;
 	if (out == NULL || opt == NULL || opt->data_dir == NULL || opt->data_dir[0] == '\0') {
-		seterr(err, errlen, "store: a data directory is required");
+		store_seterr(err, errlen, "store: a data directory is required");
 		return STOCK_EINVAL;
 	}
 	if ((s = calloc(1, sizeof *s)) == NULL)
@@ -2023,7 +1959,7 @@ store_bson_open(store_t **out, const struct store_bson_options *opt, char *err, 
 		return rc;
 	}
 	if (pthread_create(&s->flusher, NULL, flusher_main, s) != 0) {
-		seterr(err, errlen, "%s: cannot start the flusher thread", s->dir);
+		store_seterr(err, errlen, "%s: cannot start the flusher thread", s->dir);
 		store_free(s);
 		return STOCK_ESYS;
 	}

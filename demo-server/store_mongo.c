@@ -201,30 +201,6 @@ slog(struct store_mongo *s, const char *fmt, ...)
 }
 
 static void
-seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static void
-seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err == NULL || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
-static uint64_t
-mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-static void
 cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, uint64_t deadline_ns)
 {
 	struct timespec ts;
@@ -328,47 +304,6 @@ host_valid(const char *host, size_t n)
 			return false;
 	}
 	return true;
-}
-
-/* Validation exactly as the embedded store's (store_append's contract). */
-static int
-doc_check(const struct store_doc *doc)
-{
-	size_t n;
-
-	if (doc == NULL)
-		return STOCK_EINVAL;
-	n = strnlen(doc->sku, sizeof doc->sku);
-	if (n == 0 || n > STORE_SKU_MAX || !bson_utf8_validate(doc->sku, n, false))
-		return STOCK_EINVAL;
-	if (doc->stock > STOCK_COUNT_MAX || doc->sold > STOCK_COUNT_MAX ||
-	    doc->version > (uint64_t)INT64_MAX)
-		return STOCK_EINVAL;
-	return 0;
-}
-
-/* A copy of @src with the bytes after the SKU's NUL zeroed. */
-static void
-doc_normalize(struct store_doc *dst, const struct store_doc *src)
-{
-	size_t n = strnlen(src->sku, STORE_SKU_MAX);
-
-	memset(dst, 0, sizeof *dst);
-	memcpy(dst->sku, src->sku, n);
-	dst->stock = src->stock;
-	dst->sold = src->sold;
-	dst->version = src->version;
-}
-
-/* Max version wins; ties go to the larger sold, then the larger stock. */
-static bool
-doc_newer(const struct store_doc *a, const struct store_doc *b)
-{
-	if (a->version != b->version)
-		return a->version > b->version;
-	if (a->sold != b->sold)
-		return a->sold > b->sold;
-	return a->stock > b->stock;
 }
 
 /* The collection of @sku. */
@@ -1400,15 +1335,15 @@ claim_write(struct store_mongo *s, mongoc_client_t *client, const char *sku, cla
 	uint64_t pruned_from = 0;
 	uint64_t read_at = 0; /* cur was read (rolled forward) at; 0: not read */
 	uint64_t anchor = 0;  /* when cur's chain position was last seen as the last */
-	uint64_t give_up = mono_ns() + (uint64_t)s->timeout_ms * 1000000ULL;
+	uint64_t give_up = stock_now_ns() + (uint64_t)s->timeout_ms * 1000000ULL;
 	bool have = false, prune = false;
 	int rc = STOCK_ECONFLICT, lost = 0;
 
 	memset(&cur, 0, sizeof cur);
 	/* Contention reducer, see serialize; also guards the stripe's slot. */
 	lk = sku_lock(s, sku);
-	while (lost < CLAIM_TRIES || mono_ns() < give_up) {
-		uint64_t t0 = mono_ns();
+	while (lost < CLAIM_TRIES || stock_now_ns() < give_up) {
+		uint64_t t0 = stock_now_ns();
 
 		if (!have && slot->valid && strcmp(slot->v.doc.sku, sku) == 0 &&
 		    t0 - slot->at_ns < CLAIM_CACHE_TTL_NS) {
@@ -1492,13 +1427,13 @@ claim_write(struct store_mongo *s, mongoc_client_t *client, const char *sku, cla
 		lost++;
 		rc = CLAIM_LOST;
 		read_at = 0;
-		if (mono_ns() - anchor >= CLAIM_ANCHOR_NS) {
+		if (stock_now_ns() - anchor >= CLAIM_ANCHOR_NS) {
 			have = false; /* too long behind: from the document again */
 			continue;
 		}
 		/* Walk to the last state from ours (a chain state: (a)); what it
 		 * ends on was the last after the walk began: the new anchor. */
-		t0 = mono_ns();
+		t0 = stock_now_ns();
 		if ((rc = chain_forward(s, client, &cur, false)) != 0)
 			break;
 		anchor = t0;
@@ -1685,7 +1620,7 @@ rec_cmp(const void *a, const void *b)
 	if (c != 0)
 		return c;
 	/* The newest state of a SKU first. */
-	return doc_newer(&x->doc, &y->doc) ? -1 : doc_newer(&y->doc, &x->doc) ? 1 : 0;
+	return store_doc_newer(&x->doc, &y->doc) ? -1 : store_doc_newer(&y->doc, &x->doc) ? 1 : 0;
 }
 
 /* Keep the newest state per SKU; returns the number kept (at the front). */
@@ -1750,7 +1685,7 @@ writer_main(void *arg)
 			pthread_cond_wait(&s->work_cv, &s->mu);
 			continue;
 		}
-		now = mono_ns();
+		now = stock_now_ns();
 		if (s->closing && streak > 0 && now >= s->close_deadline) {
 			/* MongoDB stays unreachable: give up what is left. */
 			s->lost_records += s->qn;
@@ -1823,7 +1758,7 @@ writer_main(void *arg)
 				backoff_ns = BACKOFF_MAX_NS;
 			if (backoff_ns > (uint64_t)s->timeout_ms * 1000000ULL)
 				backoff_ns = (uint64_t)s->timeout_ms * 1000000ULL;
-			backoff_until = mono_ns() + backoff_ns;
+			backoff_until = stock_now_ns() + backoff_ns;
 		} else {
 			if (streak > 0)
 				slog(s, "mongo: write-behind writes succeed again after %" PRIu64
@@ -1853,9 +1788,9 @@ mg_append(store_t *st, const struct store_doc *doc, bool durable)
 	bson_error_t e;
 	int rc;
 
-	if ((rc = doc_check(doc)) != 0)
+	if ((rc = store_doc_check(doc)) != 0)
 		return rc;
-	doc_normalize(&r.doc, doc);
+	store_doc_normalize(&r.doc, doc);
 	pthread_mutex_lock(&s->mu);
 	if (s->closing) {
 		pthread_mutex_unlock(&s->mu);
@@ -2000,7 +1935,7 @@ mg_close(store_t *st)
 	 */
 	pthread_mutex_lock(&s->mu);
 	s->closing = true;
-	s->close_deadline = mono_ns() + (uint64_t)s->timeout_ms * 1000000ULL;
+	s->close_deadline = stock_now_ns() + (uint64_t)s->timeout_ms * 1000000ULL;
 	pthread_cond_signal(&s->work_cv);
 	pthread_mutex_unlock(&s->mu);
 	if (s->writer_started)
@@ -2098,7 +2033,7 @@ connect_pool(struct store_mongo *s, const char *uri_str, char *err, size_t errle
 	bool ok;
 
 	if ((s->uri = mongoc_uri_new_with_error(uri_str, &e)) == NULL) {
-		seterr(err, errlen, "mongo: bad URI: %s", e.message);
+		store_seterr(err, errlen, "mongo: bad URI: %s", e.message);
 		return STOCK_EINVAL;
 	}
 	if (!mongoc_uri_set_option_as_int32(s->uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, t) ||
@@ -2108,17 +2043,17 @@ connect_pool(struct store_mongo *s, const char *uri_str, char *err, size_t errle
 	    !mongoc_uri_set_option_as_bool(s->uri, MONGOC_URI_RETRYWRITES, false) ||
 	    !mongoc_uri_set_option_as_bool(s->uri, MONGOC_URI_RETRYREADS, false) ||
 	    !mongoc_uri_set_appname(s->uri, APPNAME)) {
-		seterr(err, errlen, "mongo: cannot set the URI options (timeouts, retries, appname)");
+		store_seterr(err, errlen, "mongo: cannot set the URI options (timeouts, retries, appname)");
 		return STOCK_EINVAL;
 	}
 	uri_hosts(s->uri, hosts, sizeof hosts);
 	if ((s->pool = mongoc_client_pool_new_with_error(s->uri, &e)) == NULL) {
-		seterr(err, errlen, "mongo: %s: cannot create the client pool: %s", hosts, e.message);
+		store_seterr(err, errlen, "mongo: %s: cannot create the client pool: %s", hosts, e.message);
 		return STOCK_EINVAL;
 	}
 	mongoc_client_pool_set_error_api(s->pool, MONGOC_ERROR_API_VERSION_2);
 	if ((client = mongoc_client_pool_pop(s->pool)) == NULL) {
-		seterr(err, errlen, "mongo: %s: no client available", hosts);
+		store_seterr(err, errlen, "mongo: %s: no client available", hosts);
 		return STOCK_ESYS;
 	}
 	ping = BCON_NEW("ping", BCON_INT32(1));
@@ -2127,7 +2062,7 @@ connect_pool(struct store_mongo *s, const char *uri_str, char *err, size_t errle
 	sd = ok ? mongoc_client_select_server(client, true, NULL, &e) : NULL;
 	if (sd == NULL) {
 		mongoc_client_pool_push(s->pool, client);
-		seterr(err, errlen, "mongo: %s: server unreachable within %u ms: %s", hosts,
+		store_seterr(err, errlen, "mongo: %s: server unreachable within %u ms: %s", hosts,
 		    s->timeout_ms, e.message);
 		return STOCK_ESYS;
 	}
@@ -2190,11 +2125,11 @@ store_mongo_open(store_t **out, const struct store_mongo_options *opt, char *err
 	if (out != NULL)
 		*out = NULL;
 	if (out == NULL || opt == NULL || opt->uri == NULL || opt->uri[0] == '\0') {
-		seterr(err, errlen, "mongo: a MongoDB URI is required");
+		store_seterr(err, errlen, "mongo: a MongoDB URI is required");
 		return STOCK_EINVAL;
 	}
 	if (opt->atomic_mode < 0 || opt->atomic_mode > 2) {
-		seterr(err, errlen, "mongo: atomic_mode must be 0 (auto), 1 (native) or 2 (claims)");
+		store_seterr(err, errlen, "mongo: atomic_mode must be 0 (auto), 1 (native) or 2 (claims)");
 		return STOCK_EINVAL;
 	}
 	pthread_once(&mongo_once, mongo_init_once);
@@ -2231,7 +2166,7 @@ store_mongo_open(store_t **out, const struct store_mongo_options *opt, char *err
 	if (s->claims) {
 		if (strcmp(s->one_coll, CLAIMS_COLLECTION) == 0 ||
 		    strcmp(s->many_coll, CLAIMS_COLLECTION) == 0) {
-			seterr(err, errlen, "mongo: collection name %s is reserved for claims",
+			store_seterr(err, errlen, "mongo: collection name %s is reserved for claims",
 			    CLAIMS_COLLECTION);
 			store_free(s);
 			return STOCK_EINVAL;
@@ -2241,7 +2176,7 @@ store_mongo_open(store_t **out, const struct store_mongo_options *opt, char *err
 			return STOCK_ENOMEM;
 		}
 		if (getrandom(&s->nonce_key, sizeof s->nonce_key, 0) != (ssize_t)sizeof s->nonce_key)
-			s->nonce_key = mono_ns() ^ wall_ms() << 20 ^ (uint64_t)getpid() << 40 ^
+			s->nonce_key = stock_now_ns() ^ wall_ms() << 20 ^ (uint64_t)getpid() << 40 ^
 			    (uint64_t)(uintptr_t)s;
 		if (s->ferretdb)
 			slog(s, "mongo: FerretDB detected: conditional updates go through successor "
@@ -2254,7 +2189,7 @@ store_mongo_open(store_t **out, const struct store_mongo_options *opt, char *err
 		        "processes on one FerretDB can oversell");
 	}
 	if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
-		seterr(err, errlen, "mongo: cannot start the write-behind thread");
+		store_seterr(err, errlen, "mongo: cannot start the write-behind thread");
 		store_free(s);
 		return STOCK_ESYS;
 	}

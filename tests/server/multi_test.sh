@@ -201,7 +201,9 @@ s2() {
 INITIAL=1000000
 new_db
 for i in 1 2 3; do start $i --initial-stock $INITIAL --lease-block 200 --record-ms 50; done
-for spec in "OneStock:Db /api/v1/OneStock/Db/Buy" "OneStock:Atomic /api/v1/OneStock/Cache/Atomic/Buy"; do
+for spec in "OneStock:Db /api/v1/OneStock/Db/Buy" "OneStock:Atomic /api/v1/OneStock/Cache/Atomic/Buy" \
+	"OneStock:Signal /api/v1/OneStock/Cache/Signal/Buy" "OneStock:Lock /api/v1/OneStock/Cache/Lock/Buy" \
+	"AMD /api/v1/ManyStock/Cache/BuyFastAtomic/AMD"; do
 	set -- $spec
 	sku=$1 path=$2
 	wpids=()
@@ -234,9 +236,10 @@ for spec in "OneStock:Db /api/v1/OneStock/Db/Buy" "OneStock:Atomic /api/v1/OneSt
 		"[ \"\$(field $sku '.lost // 0')\" = 0 ]"
 done
 stop_all
-sku=OneStock:Atomic
-check "kill -9: after SIGTERM of all, $sku stock + sold == initial exactly" \
-	"[ \$((\$(field $sku .stock) + \$(field $sku .sold))) -eq $INITIAL ] && [ \"\$(held_of $sku)\" = 0 ]"
+for sku in OneStock:Atomic OneStock:Signal OneStock:Lock AMD; do
+	check "kill -9: after SIGTERM of all, $sku stock + sold == initial exactly" \
+		"[ \$((\$(field $sku .stock) + \$(field $sku .sold))) -eq $INITIAL ] && [ \"\$(held_of $sku)\" = 0 ]"
+done
 
 }
 
