@@ -112,6 +112,7 @@ struct lease_mgr {
 	char host[STORE_HOST_MAX + 1];
 	struct lease_entry *e;
 	size_t n;
+	size_t *index, index_cap; /* open addressing over e[], built at open, then read-only */
 	struct ledger *ledger;
 	int ledger_fd;
 	pthread_t thread;
@@ -186,13 +187,44 @@ view_remaining(const struct store_mongo_view *v)
 	return r;
 }
 
+static size_t
+sku_hash(const char *sku)
+{
+	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+
+	for (; *sku; sku++)
+		h = (h ^ (unsigned char)*sku) * 1099511628211ULL;
+	return (size_t)h;
+}
+
+/* The entry of @sku (a buy's lookup: no lock, the index never changes after open). */
 static struct lease_entry *
 find(struct lease_mgr *m, const char *sku)
 {
-	for (size_t i = 0; i < m->n; i++)
-		if (strcmp(m->e[i].sku, sku) == 0)
-			return &m->e[i];
-	return NULL;
+	for (size_t i = sku_hash(sku) & (m->index_cap - 1);; i = (i + 1) & (m->index_cap - 1)) {
+		size_t k = m->index[i];
+		if (k == 0)
+			return NULL;
+		if (strcmp(m->e[k - 1].sku, sku) == 0)
+			return &m->e[k - 1];
+	}
+}
+
+static int
+index_build(struct lease_mgr *m)
+{
+	m->index_cap = 16;
+	while (m->index_cap < 2 * m->n)
+		m->index_cap *= 2;
+	if ((m->index = calloc(m->index_cap, sizeof *m->index)) == NULL)
+		return STOCK_ENOMEM;
+	for (size_t k = 0; k < m->n; k++) {
+		size_t i = sku_hash(m->e[k].sku) & (m->index_cap - 1);
+		while (m->index[i] != 0)
+			i = (i + 1) & (m->index_cap - 1);
+		m->index[i] = k + 1; /* 0 = empty */
+	}
+	return 0;
 }
 
 /* ---- peek caches -------------------------------------------------------- */
@@ -860,6 +892,7 @@ lease_close_free(struct lease_mgr *m)
 		close(m->ledger_fd); /* releases the flock */
 	pthread_mutex_destroy(&m->stop_mu);
 	pthread_cond_destroy(&m->stop_cv);
+	free(m->index);
 	free(m->e);
 	free(m);
 }
@@ -938,6 +971,8 @@ lease_open(lease_mgr_t **out, const struct lease_options *opt, const char *const
 		}
 	}
 	msync(m->ledger, sizeof *m->ledger, MS_SYNC);
+	if ((rc = index_build(m)) != 0)
+		goto fail;
 	if (pthread_create(&m->thread, NULL, run, m) != 0) {
 		rc = STOCK_ESYS;
 		goto fail;
