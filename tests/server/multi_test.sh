@@ -88,7 +88,7 @@ start() {
 }
 kill9() { kill -9 "${PID[$1]}" 2>/dev/null; wait "${PID[$1]}" 2>/dev/null; PID[$1]=; }
 stop() { # SIGTERM: drain, record, return leases
-	[ -n "${PID[$1]}" ] || return 0
+	[ -n "${PID[$1]:-}" ] || return 0
 	kill -TERM "${PID[$1]}"; wait "${PID[$1]}"; local rc=$?; PID[$1]=
 	[ $rc -eq 0 ] || bad "instance $1 exited $rc on SIGTERM"
 }
@@ -123,7 +123,7 @@ sweep() {
 	while :; do
 		round=0
 		for i in 1 2 3; do
-			[ -n "${PID[$i]}" ] || continue
+			[ -n "${PID[$i]:-}" ] || continue
 			for _ in $(seq 1 100000); do
 				c=$(code POST "$i" "$path")
 				if [ "$c" = 200 ]; then round=$((round + 1)); else break; fi
@@ -332,7 +332,7 @@ check "mongo down: Db/Buy answers 503 ($codes)" "[ '$codes' = \"\$(printf '503%.
 # 3 failures of 500 ms open the breaker; the other 7 answer at once.
 check "mongo down: 10 buys answered in $t1 ms (3 x 500 ms timeouts, then the breaker fails fast)" "[ $t1 -lt 6000 ]"
 check "mongo down: the server is alive" "[ \"\$(code GET 1 /health/live)\" = 200 ]"
-svc_start_mongo
+svc_restart_mongo || bad "could not restart the MongoDB server on its port"
 back=
 for _ in $(seq 1 150); do
 	c=$(code POST 1 /api/v1/OneStock/Db/Buy)

@@ -26,11 +26,15 @@ svc_init() {
 }
 
 # A TCP port nobody listens on (checked, then handed to the server; a server
-# that still fails to bind is retried on another port by the callers).
+# that still fails to bind is retried on another port by the callers). Drawn
+# below the kernel's ephemeral range, so no outgoing connection can be using
+# it as its source port when a test restarts a server on the same port.
 svc_free_port() {
-	local p
+	local p lo
+	lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+	[ "$lo" -gt 12000 ] 2>/dev/null || lo=32768
 	for _ in $(seq 1 200); do
-		p=$((20000 + RANDOM % 40000))
+		p=$((10000 + RANDOM % (lo - 10000)))
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			echo "$p"
 			return 0
@@ -84,7 +88,13 @@ svc_stop_redis() {
 	SVC_REDIS_PID=""
 }
 
-svc_restart_redis() { svc_stop_redis; svc_start_redis; }
+# Restart on the same port (and, for MongoDB, the same data): tried a few
+# times, as the old socket may take a moment to let the port go.
+svc_restart_redis() {
+	svc_stop_redis
+	for _ in 1 2 3 4 5; do svc_start_redis_once && return 0; sleep 0.5; done
+	return 1
+}
 
 # Finds or installs a MongoDB-compatible server binary: prints its kind.
 svc_mongo_kind() {
@@ -152,7 +162,11 @@ svc_stop_mongo() {
 	SVC_MONGO_PID=""
 }
 
-svc_restart_mongo() { svc_stop_mongo; svc_start_mongo; }
+svc_restart_mongo() {
+	svc_stop_mongo
+	for _ in 1 2 3 4 5; do svc_start_mongo_once && return 0; sleep 0.5; done
+	return 1
+}
 
 svc_stop_all() {
 	svc_stop_redis
