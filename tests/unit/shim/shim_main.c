@@ -48,7 +48,7 @@ shim_check(int ok, int fatal, const char *file, int line, const char *expr, cons
 	if (fatal) {
 		fprintf(stderr, "[FAIL] %s::%s (fatal assertion)\n", shim_current->suite,
 		    shim_current->name);
-		fprintf(stdout, "tsan: 0 passed, 1 failed\n");
+		fprintf(stdout, "shim: 0 passed, 1 failed\n");
 		fflush(NULL);
 		_exit(1);
 	}
@@ -98,6 +98,6 @@ main(int argc, char **argv)
 	}
 	fprintf(stderr, "[====] Synthesis: Tested: %d | Passing: %d | Failing: %d | Crashing: 0\n",
 	    passed + failed, passed, failed);
-	printf("tsan: %d passed, %d failed\n", passed, failed);
+	printf("shim: %d passed, %d failed\n", passed, failed);
 	return failed == 0 && passed > 0 ? 0 : 1;
 }
