@@ -320,8 +320,12 @@ resolve(struct lease_mgr *m, struct lease_entry *e)
 	learn(m, e, &v, false);
 	l = view_lease(&v, m->host);
 	e->unsure = false;
-	if (l != NULL && lease_eq(l, &e->unsure_next)) {
+	/* Applied: the stored lease carries our counts and expiry (a reclaim since
+	   would only have set its flag, which the next record settles). */
+	if (l != NULL && l->granted == e->unsure_next.granted && l->sold == e->unsure_next.sold &&
+	    l->returned == e->unsure_next.returned && l->expires_ms == e->unsure_next.expires_ms) {
 		applied(m, e, &e->unsure_next, e->unsure_grant, e->unsure_return);
+		e->lease = *l;
 		lg(m, "%s: the update whose outcome was unknown had been applied", e->sku);
 		return 0;
 	}
@@ -384,8 +388,10 @@ update(struct lease_mgr *m, struct lease_entry *e, uint64_t grant, uint64_t ret)
 		e->unsure_grant = grant;
 		e->unsure_return = ret;
 		(void)resolve(m, e);
-		if (!e->unsure && e->have_lease && lease_eq(&e->lease, &next))
-			return 0;
+		if (!e->unsure && e->have_lease && e->lease.granted == next.granted &&
+		    e->lease.sold == next.sold && e->lease.returned == next.returned &&
+		    e->lease.expires_ms == next.expires_ms)
+			return 0; /* it had been applied */
 		return STOCK_ESYS;
 	}
 	if (rc == STOCK_ECONFLICT) {
