@@ -96,7 +96,7 @@ DEPS_PKGS := gcc libc6-dev binutils make pkg-config libck-dev libcriterion-dev l
              libcivetweb-dev libmongoc-dev libhiredis-dev curl jq wrk siege redis-server redis-tools
 
 .PHONY: all run lib static shared examples run-examples test unit check server-test multi-test check-tsan check-asan \
-        bench bench-store bench-http install uninstall deps clean test-install
+        bench bench-store bench-http install uninstall deps deps-pkgs clean test-install
 
 all: lib examples $(SERVER_BIN)
 
@@ -107,7 +107,7 @@ $(SERVER_BIN): $(SERVER_SRCS) $(STORE_HDRS) $(STLIB)
 
 # Starts the demo server on 127.0.0.1:5059 with the embedded store in ./data.
 RUN_ARGS ?=
-run: deps
+run: deps-pkgs
 	$(MAKE) $(SERVER_BIN)
 	exec $(SERVER_BIN) $(RUN_ARGS)
 
@@ -279,7 +279,14 @@ uninstall:
 
 # --- system packages -------------------------------------------------------
 
-deps:
+# deps-pkgs: the Debian packages (enough for `make run`); deps: also the
+# MongoDB-compatible server the tests start (FerretDB, built with Go).
+deps: deps-pkgs
+	@if command -v mongod >/dev/null || [ -n "$$STOCK_TEST_MONGO_URI" ]; then :; \
+	else bash tests/services/ferretdb-install.sh || \
+	    echo "deps: WARNING: FerretDB could not be built (Go missing?): MongoDB tests will be SKIPPED"; fi
+
+deps-pkgs:
 	@missing=""; for p in $(DEPS_PKGS); do \
 	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
@@ -289,9 +296,6 @@ deps:
 	    $$SUDO apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	@if command -v mongod >/dev/null || [ -n "$$STOCK_TEST_MONGO_URI" ]; then :; \
-	else bash tests/services/ferretdb-install.sh || \
-	    echo "deps: WARNING: FerretDB could not be built (Go missing?): MongoDB tests will be SKIPPED"; fi
 
 clean:
 	rm -rf build
