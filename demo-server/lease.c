@@ -157,11 +157,18 @@ ms_ns(unsigned ms)
 	return (uint64_t)ms * 1000000ULL;
 }
 
+/* Same counts and expiry: the same update (a reclaim only sets the flag). */
+static bool
+lease_same(const struct store_lease *a, const struct store_lease *b)
+{
+	return a->granted == b->granted && a->sold == b->sold && a->returned == b->returned &&
+	    a->expires_ms == b->expires_ms;
+}
+
 static bool
 lease_eq(const struct store_lease *a, const struct store_lease *b)
 {
-	return a->granted == b->granted && a->sold == b->sold && a->returned == b->returned &&
-	    a->expires_ms == b->expires_ms && a->reclaimed == b->reclaimed;
+	return lease_same(a, b) && a->reclaimed == b->reclaimed;
 }
 
 static const struct store_lease *
@@ -279,9 +286,8 @@ learn(struct lease_mgr *m, struct lease_entry *e, const struct store_mongo_view 
 /* The local effects of an update known to be applied. */
 static void
 applied(struct lease_mgr *m, struct lease_entry *e, const struct store_lease *next,
-    uint64_t grant, uint64_t ret)
+    uint64_t grant)
 {
-	(void)ret;
 	e->lease = *next;
 	e->have_lease = true;
 	e->slot->granted = next->granted;
@@ -322,9 +328,8 @@ resolve(struct lease_mgr *m, struct lease_entry *e)
 	e->unsure = false;
 	/* Applied: the stored lease carries our counts and expiry (a reclaim since
 	   would only have set its flag, which the next record settles). */
-	if (l != NULL && l->granted == e->unsure_next.granted && l->sold == e->unsure_next.sold &&
-	    l->returned == e->unsure_next.returned && l->expires_ms == e->unsure_next.expires_ms) {
-		applied(m, e, &e->unsure_next, e->unsure_grant, e->unsure_return);
+	if (l != NULL && lease_same(l, &e->unsure_next)) {
+		applied(m, e, &e->unsure_next, e->unsure_grant);
 		e->lease = *l;
 		lg(m, "%s: the update whose outcome was unknown had been applied", e->sku);
 		return 0;
@@ -377,7 +382,7 @@ update(struct lease_mgr *m, struct lease_entry *e, uint64_t grant, uint64_t ret)
 	    (int64_t)ret - (int64_t)grant, (int64_t)(sold - (expect ? expect->sold : 0)), d_lost,
 	    &after);
 	if (rc == 0) {
-		applied(m, e, &next, grant, ret);
+		applied(m, e, &next, grant);
 		learn(m, e, &after, true);
 		return 0;
 	}
@@ -388,9 +393,7 @@ update(struct lease_mgr *m, struct lease_entry *e, uint64_t grant, uint64_t ret)
 		e->unsure_grant = grant;
 		e->unsure_return = ret;
 		(void)resolve(m, e);
-		if (!e->unsure && e->have_lease && e->lease.granted == next.granted &&
-		    e->lease.sold == next.sold && e->lease.returned == next.returned &&
-		    e->lease.expires_ms == next.expires_ms)
+		if (!e->unsure && e->have_lease && lease_same(&e->lease, &next))
 			return 0; /* it had been applied */
 		return STOCK_ESYS;
 	}

@@ -1070,16 +1070,36 @@ claim_find(struct store_mongo *s, mongoc_client_t *client, const char *sku, uint
 	return rc;
 }
 
+/*
+ * Insert @doc into collection @name: the one atomic step claims rely on.
+ * Returns 0, CLAIM_LOST (duplicate _id) or STOCK_ESYS (outcome unknown).
+ */
+static int
+insert_unique(struct store_mongo *s, mongoc_client_t *client, const char *name,
+    const bson_t *doc, bson_error_t *e)
+{
+	mongoc_collection_t *coll;
+	bson_t opts;
+	bool ok;
+
+	write_opts(s, &opts, false);
+	coll = mongoc_client_get_collection(client, s->database, name);
+	ok = mongoc_collection_insert_one(coll, doc, &opts, NULL, e);
+	trip_done(s, ok || is_dupkey(e), e);
+	mongoc_collection_destroy(coll);
+	bson_destroy(&opts);
+	return ok ? 0 : is_dupkey(e) ? CLAIM_LOST : STOCK_ESYS;
+}
+
 /* Insert claim "<sku>#<from>" -> @next. Returns 0, CLAIM_LOST (duplicate
  * key) or STOCK_ESYS (outcome unknown). */
 static int
 claim_insert(struct store_mongo *s, mongoc_client_t *client, const char *sku, uint64_t from,
     int64_t op, const struct store_mongo_view *next, bson_error_t *e)
 {
-	mongoc_collection_t *coll;
-	bson_t doc, state, opts;
+	bson_t doc, state;
 	char id[CLAIM_ID_MAX];
-	bool ok;
+	int rc;
 
 	claim_id(id, sizeof id, sku, from);
 	bson_init(&doc);
@@ -1091,14 +1111,9 @@ claim_insert(struct store_mongo *s, mongoc_client_t *client, const char *sku, ui
 	BSON_APPEND_DOCUMENT_BEGIN(&doc, "state", &state);
 	state_append(&state, next);
 	bson_append_document_end(&doc, &state);
-	write_opts(s, &opts, false);
-	coll = mongoc_client_get_collection(client, s->database, CLAIMS_COLLECTION);
-	ok = mongoc_collection_insert_one(coll, &doc, &opts, NULL, e);
-	trip_done(s, ok || is_dupkey(e), e);
-	mongoc_collection_destroy(coll);
-	bson_destroy(&opts);
+	rc = insert_unique(s, client, CLAIMS_COLLECTION, &doc, e);
 	bson_destroy(&doc);
-	return ok ? 0 : is_dupkey(e) ? CLAIM_LOST : STOCK_ESYS;
+	return rc;
 }
 
 /*
@@ -1234,23 +1249,17 @@ static int
 doc_create(struct store_mongo *s, mongoc_client_t *client, const struct store_mongo_view *v,
     bson_error_t *e)
 {
-	mongoc_collection_t *coll;
-	bson_t doc, opts;
-	bool ok;
+	bson_t doc;
+	int rc;
 
 	bson_init(&doc);
 	BSON_APPEND_UTF8(&doc, "_id", v->doc.sku);
 	BSON_APPEND_INT64(&doc, "stock", (int64_t)v->doc.stock);
 	BSON_APPEND_INT64(&doc, "sold", (int64_t)v->doc.sold);
 	BSON_APPEND_INT64(&doc, "version", (int64_t)v->doc.version);
-	write_opts(s, &opts, false);
-	coll = mongoc_client_get_collection(client, s->database, coll_of(s, v->doc.sku));
-	ok = mongoc_collection_insert_one(coll, &doc, &opts, NULL, e);
-	trip_done(s, ok || is_dupkey(e), e);
-	mongoc_collection_destroy(coll);
-	bson_destroy(&opts);
+	rc = insert_unique(s, client, coll_of(s, v->doc.sku), &doc, e);
 	bson_destroy(&doc);
-	return ok ? 0 : is_dupkey(e) ? CLAIM_LOST : STOCK_ESYS;
+	return rc;
 }
 
 /*
