@@ -462,6 +462,7 @@ main(int argc, char **argv)
 		"request_timeout_ms", "10000",
 		"max_request_size", "16384",
 		"tcp_nodelay", "1",
+		"decode_url", "no", /* routes.c decodes the path with its length */
 		NULL,
 	};
 	cb.log_message = civetweb_log;

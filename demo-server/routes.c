@@ -3,8 +3,9 @@
  *
  * One civetweb handler is registered for "/" and dispatches through
  * `routes[]`: exact paths for the seed's OneStock/Util endpoints, prefixes
- * followed by a SKU for ManyStock. Routing uses the raw (decoded but not
- * dot-segment-cleaned) path, so "/x/../Util/Close" does not reach /Util/Close.
+ * followed by a SKU for ManyStock. Routing uses the path as sent, decoded
+ * here with its length (a %00 is refused, never a shortened path) and not
+ * dot-segment-cleaned, so "/x/../Util/Close" does not reach /Util/Close.
  * Every answer is JSON; a bad request never changes stock.
  */
 #include <bson/bson.h>
@@ -166,9 +167,11 @@ parse_quantity(struct app *app, struct mg_connection *c, uint64_t max_quantity, 
 				*why = "quantity must be a positive integer";
 				return 400;
 			}
+			/* n is the decoded length: a %00 inside the value would end
+			 * the C string early, so the number must span all n bytes. */
 			errno = 0;
 			*qty = strtoull(qs, &end, 10);
-			if (*end != '\0' || errno != 0) {
+			if (end != qs + n || errno != 0) {
 				*why = "quantity must be a positive integer";
 				return 400;
 			}
@@ -660,12 +663,20 @@ static int
 dispatch(struct app *app, struct mg_connection *c, size_t *route_out)
 {
 	const struct mg_request_info *ri = mg_get_request_info(c);
-	const char *path = ri->local_uri_raw ? ri->local_uri_raw : ri->local_uri;
+	const char *raw = ri->local_uri_raw ? ri->local_uri_raw : ri->local_uri;
+	char path[2048];
+	int plen;
 	bool path_matched = false;
 	const char *sku = NULL;
 	size_t i;
 
 	*route_out = ROUTE_UNMATCHED;
+	/* civetweb runs with decode_url=no: decoding into a C string would turn
+	 * "NVDA%00X" into "NVDA" and sell NVDA. Decode here with the length and
+	 * refuse a path whose decoded bytes hold a NUL. */
+	plen = raw == NULL ? -1 : mg_url_decode(raw, (int)strlen(raw), path, (int)sizeof path, 0);
+	if (plen < 0 || (size_t)plen >= sizeof path - 1 || memchr(path, '\0', (size_t)plen) != NULL)
+		return http_error(c, 400, "bad_request", "malformed request path");
 	for (i = 0; i < NROUTES; i++) {
 		const struct route *r = &routes[i];
 		size_t pl = strlen(r->path);

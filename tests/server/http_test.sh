@@ -133,7 +133,11 @@ done <<EOF2
 400|POST|/api/v1/ManyStock/Cache/BuyFastAtomic/A%20B||
 400|POST|/api/v1/ManyStock/Cache/BuyFastAtomic/NV%2FDA||
 400|POST|/api/v1/ManyStock/Cache/BuyFastAtomic/||
-404|GET|/api/v1/ManyStock/Cache/PeekFastAtomic/a%00b||
+400|GET|/api/v1/ManyStock/Cache/PeekFastAtomic/a%00b||
+400|POST|/api/v1/ManyStock/Cache/BuyFastAtomic/NVDA%00X||
+400|POST|/api/v1/ManyStock/Cache/BuyFastAtomic/NVDA%00||
+400|POST|/api/v1/OneStock/Db/Buy?quantity=1%00junk||
+400|POST|/api/v1/OneStock/Cache/Atomic/Buy?quantity=1%00||
 404|POST|/api/v1/ManyStock/Cache/BuyFastAtomic/..||
 404|POST|/api/v1/ManyStock/Cache/BuyFastAtomic/%2e%2e||
 404|POST|/api/v1/ManyStock/Cache/BuyFastAtomic/../../Util/Close||
