@@ -69,6 +69,40 @@ app_route_name(size_t i)
 /* ---- request parsing ---------------------------------------------------- */
 
 /*
+ * Does every integer literal in the JSON text fit in an int64? libbson's
+ * parser wraps larger ones (2^64+1 arrives as 1), so they are refused here,
+ * on the text, before it parses. String contents are skipped.
+ */
+static bool
+json_ints_fit(const char *b, size_t n)
+{
+	static const char max[] = "9223372036854775807";
+	size_t i = 0;
+
+	while (i < n) {
+		if (b[i] == '"') {
+			for (i++; i < n && b[i] != '"'; i++)
+				if (b[i] == '\\')
+					i++;
+			i++;
+		} else if (isdigit((unsigned char)b[i])) {
+			size_t s = i;
+
+			while (i < n && isdigit((unsigned char)b[i]))
+				i++;
+			while (s + 1 < i && b[s] == '0')
+				s++;
+			if (i - s > sizeof max - 1 ||
+			    (i - s == sizeof max - 1 && memcmp(b + s, max, sizeof max - 1) > 0))
+				return false;
+		} else {
+			i++;
+		}
+	}
+	return true;
+}
+
+/*
  * The field @key of a JSON object body: absent → *found = false. Only a JSON
  * integer is accepted (no strings, floats, booleans); any other key is an
  * error, so typos are not silently ignored.
@@ -89,6 +123,10 @@ json_uint_field(const char *body, size_t len, const char *key, uint64_t *out, bo
 		return 0; /* empty body */
 	if (body[i] != '{') {
 		*why = "body must be a JSON object";
+		return -1;
+	}
+	if (!json_ints_fit(body + i, len - i)) {
+		*why = "integer out of range";
 		return -1;
 	}
 	if (!bson_init_from_json(&doc, body, (ssize_t)len, &err)) {

@@ -116,6 +116,10 @@ done <<EOF2
 400|POST|/api/v1/OneStock/Cache/Atomic/Buy|{"quantity":-1}|
 400|POST|/api/v1/OneStock/Cache/Atomic/Buy|{"quantity":1000001}|
 400|POST|/api/v1/OneStock/Cache/Atomic/Buy|{"quantity":99999999999999999999999}|
+400|POST|/api/v1/OneStock/Cache/Atomic/Buy|{"quantity":18446744073709551617}|
+400|POST|/api/v1/OneStock/Cache/Atomic/Buy|{"quantity":18446744073709551616}|
+400|POST|/api/v1/OneStock/Cache/Atomic/Buy|{"quantity":9223372036854775808}|
+400|POST|/api/v1/ManyStock/Cache/BuyFastAtomic/NVDA|{"quantity":18446744073709551617}|
 400|POST|/api/v1/OneStock/Cache/Atomic/Buy|{"quantity":"1"}|
 400|POST|/api/v1/OneStock/Cache/Atomic/Buy|{"quantity":1.5}|
 400|POST|/api/v1/OneStock/Cache/Atomic/Buy|{"quantity":true}|
