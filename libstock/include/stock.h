@@ -16,5 +16,10 @@
 #include "stock/version.h"
 #include "stock/table.h"
 #include "stock/telemetry.h"
+#include "stock/sampler.h"
+#include "stock/latch.h"
+#include "stock/once.h"
+#include "stock/drain.h"
+#include "stock/wheel.h"
 
 #endif /* STOCK_H */

@@ -1,12 +1,16 @@
 /*
  * Stock counters: the out-of-line half of the three strategies.
  *
- * The lock-free counter's take/put/read are inline in stock/counter.h; what
- * lives here is its set() — the one operation that changes `added` or
- * `written_off` — and the whole of the locked and signaled counters, whose
+ * The lock-free counter's take/put/reserve/commit/release/read are inline in
+ * stock/counter.h (their correctness argument: docs/internals/counter-held.md);
+ * what lives here is its set() and restock() — the operations that change
+ * `added` or `written_off` — and the whole of the locked and signaled
+ * counters, whose
  * operations are dominated by the lock or the hand-over anyway. All three
- * share one contract (see counter.h) and one torture test
- * (tests/unit/test_torture.c).
+ * share one contract (see counter.h) and one torture harness
+ * (tests/unit/torture.c). stock_atomic_take_level, the take that reports the
+ * level it produced, is inline in counter.h with its proof; the locked and
+ * signaled ones below read the state under the same hold as the take.
  */
 #include <strings.h>
 
@@ -25,6 +29,9 @@ stock_atomic_init(struct stock_atomic *c, uint64_t remaining)
 	if (remaining > STOCK_COUNT_MAX)
 		return STOCK_ERANGE;
 	c->taken = 0;
+	c->reserved = 0;
+	c->ended = 0;
+	c->released = 0;
 	c->added = remaining;
 	c->refunded = 0;
 	c->written_off = 0;
@@ -44,21 +51,26 @@ stock_atomic_destroy(struct stock_atomic *c)
 }
 
 /*
- * set() must find an instant at which remaining == r. It reads (T, P) as a
- * consistent pair (T unchanged around the read of P), then either
- *  - writes off the excess with a CAS on T (racing takes make the CAS fail
- *    and we retry), and checks P did not move meanwhile; or
- *  - raises A by the shortfall and checks neither T nor P moved across the
+ * set() must find an instant at which remaining == r (remaining = A + P + L -
+ * T). It reads T, P and L (T unchanged around the reads of P and L), then
+ * either
+ *  - writes off the excess with a CAS on T (racing takes and reserves make
+ *    the CAS fail and we retry), and checks P and L did not move meanwhile; or
+ *  - raises A by the shortfall and checks none of T, P, L moved across the
  *    store.
- * If a concurrent take or refund slipped in, the state is still valid (never
- * oversold: a write-off never removes more than was there) and we adjust
- * again. `seq` is odd throughout so readers never pair A/W with T/P from two
+ * P and L only grow and were read before the CAS (store) and again after it
+ * with the same values, so they held at its instant: remaining was exactly r
+ * then. If a concurrent refund or release slipped in, the state is still
+ * valid (never oversold: P and L only add, so a write-off never removes more
+ * than was there) and we adjust again. Held and sold are untouched: a
+ * write-off adds k to T and to W, and sold counts T - W. `seq` is odd
+ * throughout so readers never pair A/W with the other words from two
  * different sides of the set.
  */
 int
 stock_atomic_set(struct stock_atomic *c, uint64_t remaining)
 {
-	uint64_t t, t2, p, a, w, rem, sold;
+	uint64_t t, t2, p, l, a, w, rem, used;
 	bool changed = false;
 	int rc = 0;
 
@@ -71,18 +83,19 @@ stock_atomic_set(struct stock_atomic *c, uint64_t remaining)
 	ck_pr_store_32(&c->seq, c->seq + 1);
 	ck_pr_fence_memory();
 	for (;;) {
-		t = ck_pr_load_64(&c->taken);
+		t = stock__pair_load(c->tr, 0);
 		ck_pr_fence_load();
 		p = ck_pr_load_64(&c->refunded);
+		l = stock__pair_load(c->el, 1);
 		ck_pr_fence_load();
-		t2 = ck_pr_load_64(&c->taken);
+		t2 = stock__pair_load(c->tr, 0);
 		if (t != t2)
 			continue;
 		a = ck_pr_load_64(&c->added);
 		w = ck_pr_load_64(&c->written_off);
-		rem = a + p - t;
-		sold = t - w - p;
-		if (!changed && sold + remaining > STOCK_COUNT_MAX) {
+		rem = a + p + l - t;
+		used = t - w - p - l; /* sold + held */
+		if (!changed && used + remaining > STOCK_COUNT_MAX) {
 			rc = STOCK_ERANGE;
 			break;
 		}
@@ -91,18 +104,19 @@ stock_atomic_set(struct stock_atomic *c, uint64_t remaining)
 		if (rem > remaining) {
 			uint64_t k = rem - remaining;
 
-			if (!ck_pr_cas_64(&c->taken, t, t + k))
+			if (!stock__pair_cas_first(c->tr, t, t + k, &t2))
 				continue;
 			ck_pr_store_64(&c->written_off, w + k);
 			changed = true;
 			ck_pr_fence_memory();
-			if (ck_pr_load_64(&c->refunded) == p)
+			if (ck_pr_load_64(&c->refunded) == p && stock__pair_load(c->el, 1) == l)
 				break;
 		} else {
 			ck_pr_store_64(&c->added, a + (remaining - rem));
 			changed = true;
 			ck_pr_fence_memory();
-			if (ck_pr_load_64(&c->taken) == t && ck_pr_load_64(&c->refunded) == p)
+			if (stock__pair_load(c->tr, 0) == t && ck_pr_load_64(&c->refunded) == p &&
+			    stock__pair_load(c->el, 1) == l)
 				break;
 		}
 	}
@@ -148,7 +162,7 @@ stock_atomic_restock(struct stock_atomic *c, uint64_t n)
 /* ---------------------------------------------------------------------- */
 
 struct stock__plain {
-	uint64_t *remaining, *sold, *version;
+	uint64_t *remaining, *held, *sold, *version;
 };
 
 static int
@@ -174,9 +188,42 @@ stock__plain_put(struct stock__plain s, uint64_t n)
 }
 
 static int
+stock__plain_reserve(struct stock__plain s, uint64_t n)
+{
+	if (*s.remaining < n)
+		return STOCK_ESOLDOUT;
+	*s.remaining -= n;
+	*s.held += n;
+	(*s.version)++;
+	return 0;
+}
+
+static int
+stock__plain_commit(struct stock__plain s, uint64_t n)
+{
+	if (*s.held < n)
+		return STOCK_EHELD;
+	*s.held -= n;
+	*s.sold += n;
+	(*s.version)++;
+	return 0;
+}
+
+static int
+stock__plain_release(struct stock__plain s, uint64_t n)
+{
+	if (*s.held < n)
+		return STOCK_EHELD;
+	*s.held -= n;
+	*s.remaining += n;
+	(*s.version)++;
+	return 0;
+}
+
+static int
 stock__plain_set(struct stock__plain s, uint64_t remaining)
 {
-	if (*s.sold + remaining > STOCK_COUNT_MAX)
+	if (*s.sold + *s.held + remaining > STOCK_COUNT_MAX)
 		return STOCK_ERANGE;
 	*s.remaining = remaining;
 	(*s.version)++;
@@ -186,7 +233,7 @@ stock__plain_set(struct stock__plain s, uint64_t remaining)
 static int
 stock__plain_restock(struct stock__plain s, uint64_t n)
 {
-	if (*s.sold + *s.remaining + n > STOCK_COUNT_MAX)
+	if (*s.sold + *s.held + *s.remaining + n > STOCK_COUNT_MAX)
 		return STOCK_ERANGE;
 	*s.remaining += n;
 	(*s.version)++;
@@ -197,6 +244,7 @@ static void
 stock__plain_read(struct stock__plain s, struct stock_level *out)
 {
 	out->remaining = *s.remaining;
+	out->held = *s.held;
 	out->sold = *s.sold;
 	out->version = *s.version;
 }
@@ -212,7 +260,7 @@ stock__check_count(uint64_t n)
 /* ---------------------------------------------------------------------- */
 
 #define STOCK__LOCKED_PLAIN(c) \
-	((struct stock__plain){ &(c)->remaining, &(c)->sold, &(c)->version })
+	((struct stock__plain){ &(c)->remaining, &(c)->held, &(c)->sold, &(c)->version })
 
 int
 stock_locked_init(struct stock_locked *c, uint64_t remaining)
@@ -224,6 +272,7 @@ stock_locked_init(struct stock_locked *c, uint64_t remaining)
 	if (pthread_mutex_init(&c->lock, NULL) != 0)
 		return STOCK_ESYS;
 	c->remaining = remaining;
+	c->held = 0;
 	c->sold = 0;
 	c->version = 0;
 	return 0;
@@ -249,6 +298,23 @@ stock_locked_take(struct stock_locked *c, uint64_t n)
 	return rc;
 }
 
+/* The take and the read of the state it produced under one hold: exact. */
+int
+stock_locked_take_level(struct stock_locked *c, uint64_t n, struct stock_level *after)
+{
+	int rc;
+
+	if ((rc = stock__check_count(n)) != 0)
+		return rc;
+	if (after == NULL)
+		return STOCK_EINVAL;
+	pthread_mutex_lock(&c->lock);
+	if ((rc = stock__plain_take(STOCK__LOCKED_PLAIN(c), n)) == 0)
+		stock__plain_read(STOCK__LOCKED_PLAIN(c), after);
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
 int
 stock_locked_put(struct stock_locked *c, uint64_t n)
 {
@@ -260,6 +326,38 @@ stock_locked_put(struct stock_locked *c, uint64_t n)
 	rc = stock__plain_put(STOCK__LOCKED_PLAIN(c), n);
 	pthread_mutex_unlock(&c->lock);
 	return rc;
+}
+
+/* Reserve, commit and release: one plain operation under the mutex. */
+static int
+stock__locked_op(struct stock_locked *c, uint64_t n, int (*op)(struct stock__plain, uint64_t))
+{
+	int rc;
+
+	if ((rc = stock__check_count(n)) != 0)
+		return rc;
+	pthread_mutex_lock(&c->lock);
+	rc = op(STOCK__LOCKED_PLAIN(c), n);
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+int
+stock_locked_reserve(struct stock_locked *c, uint64_t n)
+{
+	return stock__locked_op(c, n, stock__plain_reserve);
+}
+
+int
+stock_locked_commit(struct stock_locked *c, uint64_t n)
+{
+	return stock__locked_op(c, n, stock__plain_commit);
+}
+
+int
+stock_locked_release(struct stock_locked *c, uint64_t n)
+{
+	return stock__locked_op(c, n, stock__plain_release);
 }
 
 int
@@ -308,7 +406,7 @@ stock_locked_read(struct stock_locked *c, struct stock_level *out)
 /* ---------------------------------------------------------------------- */
 
 #define STOCK__SIGNALED_PLAIN(c) \
-	((struct stock__plain){ &(c)->remaining, &(c)->sold, &(c)->version })
+	((struct stock__plain){ &(c)->remaining, &(c)->held, &(c)->sold, &(c)->version })
 
 int
 stock_signaled_init(struct stock_signaled *c, uint64_t remaining)
@@ -323,6 +421,7 @@ stock_signaled_init(struct stock_signaled *c, uint64_t remaining)
 	if ((rc = stock_signal_init(&c->turn, true)) != 0)
 		return rc;
 	c->remaining = remaining;
+	c->held = 0;
 	c->sold = 0;
 	c->version = 0;
 	return 0;
@@ -360,6 +459,24 @@ stock_signaled_take(struct stock_signaled *c, uint64_t n)
 	return rc;
 }
 
+/* The take and the read of the state it produced in one turn: exact. */
+int
+stock_signaled_take_level(struct stock_signaled *c, uint64_t n, struct stock_level *after)
+{
+	int rc;
+
+	if ((rc = stock__check_count(n)) != 0)
+		return rc;
+	if (after == NULL)
+		return STOCK_EINVAL;
+	if ((rc = stock__turn_begin(c)) != 0)
+		return rc;
+	if ((rc = stock__plain_take(STOCK__SIGNALED_PLAIN(c), n)) == 0)
+		stock__plain_read(STOCK__SIGNALED_PLAIN(c), after);
+	stock__turn_end(c);
+	return rc;
+}
+
 int
 stock_signaled_put(struct stock_signaled *c, uint64_t n)
 {
@@ -370,6 +487,38 @@ stock_signaled_put(struct stock_signaled *c, uint64_t n)
 	rc = stock__plain_put(STOCK__SIGNALED_PLAIN(c), n);
 	stock__turn_end(c);
 	return rc;
+}
+
+/* Reserve, commit and release: one plain operation in one turn. */
+static int
+stock__signaled_op(struct stock_signaled *c, uint64_t n,
+    int (*op)(struct stock__plain, uint64_t))
+{
+	int rc;
+
+	if ((rc = stock__check_count(n)) != 0 || (rc = stock__turn_begin(c)) != 0)
+		return rc;
+	rc = op(STOCK__SIGNALED_PLAIN(c), n);
+	stock__turn_end(c);
+	return rc;
+}
+
+int
+stock_signaled_reserve(struct stock_signaled *c, uint64_t n)
+{
+	return stock__signaled_op(c, n, stock__plain_reserve);
+}
+
+int
+stock_signaled_commit(struct stock_signaled *c, uint64_t n)
+{
+	return stock__signaled_op(c, n, stock__plain_commit);
+}
+
+int
+stock_signaled_release(struct stock_signaled *c, uint64_t n)
+{
+	return stock__signaled_op(c, n, stock__plain_release);
 }
 
 int

@@ -26,7 +26,7 @@ stock__ec_gettime(const struct ck_ec_ops *ops, struct timespec *out)
  * FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, which is what
  * ck_ec hands us; plain FUTEX_WAIT would want a relative one.
  */
-static void
+void
 stock__futex_wait(const uint32_t *addr, uint32_t expected, const struct timespec *deadline)
 {
 	int saved = errno;
@@ -36,7 +36,7 @@ stock__futex_wait(const uint32_t *addr, uint32_t expected, const struct timespec
 	errno = saved;
 }
 
-static void
+void
 stock__futex_wake(const uint32_t *addr)
 {
 	int saved = errno;

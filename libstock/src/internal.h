@@ -25,6 +25,12 @@ extern const struct ck_ec_mode stock__ec_mp;
  */
 int stock__ec32_wait(struct ck_ec32 *ec, uint32_t old, const struct timespec *deadline);
 
+/* Sleep while *@addr == @expected, until @deadline (absolute, CLOCK_MONOTONIC;
+   NULL: none); spurious returns happen. Wake every sleeper on @addr: the
+   address is a key only, its memory is not touched (ec.c). */
+void stock__futex_wait(const uint32_t *addr, uint32_t expected, const struct timespec *deadline);
+void stock__futex_wake(const uint32_t *addr);
+
 /*
  * ThreadSanitizer annotations. ConcurrencyKit's out-of-line parts (ck_epoch
  * grace periods, ck_hs, ck_ec slow paths) come from the system libck, which is

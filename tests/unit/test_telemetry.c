@@ -1,10 +1,12 @@
 /*
  * Telemetry: striped counters are exact under concurrent adds (and resets
  * lose nothing); ID generators hand out unique IDs, increasing per thread,
- * singly and in blocks.
+ * singly and in blocks; gauges add exactly, keep the true high-water mark
+ * and publish with set().
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 
 #include <stock.h>
@@ -207,4 +209,133 @@ Test(telemetry, idgen_bad_arguments_and_range)
 	cr_expect_eq(stock_idgen_next_block(&g, 3, &first), 0);
 	cr_expect_eq(first, 4 * STOCK_COUNT_MAX);
 	cr_expect_eq(stock_idgen_peek(&g), UINT64_MAX);
+}
+
+/* ---- gauges ----------------------------------------------------------------- */
+
+Test(telemetry, gauge_basics)
+{
+	struct stock_gauge g, s = STOCK_GAUGE_INITIALIZER(7);
+
+	cr_expect_eq(stock_gauge_get(&s), 7);
+	stock_gauge_init(&g, 3);
+	cr_expect_eq(stock_gauge_get(&g), 3);
+	stock_gauge_set(&g, 10);
+	cr_expect_eq(stock_gauge_get(&g), 10);
+	cr_expect_eq(stock_gauge_add(&g, 5), 15);
+	cr_expect_eq(stock_gauge_add(&g, (uint64_t)-15), 0, "adding -n subtracts");
+	cr_expect_eq(stock_gauge_add(&g, (uint64_t)-1), UINT64_MAX, "wraps");
+	cr_expect_eq(stock_gauge_add(&g, 1), 0);
+	cr_expect_eq(stock_gauge_max(&g, 4), 4);
+	cr_expect_eq(stock_gauge_max(&g, 2), 4, "a lower value leaves the mark");
+	cr_expect_eq(stock_gauge_get(&g), 4);
+	cr_expect_eq(stock_gauge_max(&g, 4), 4);
+	cr_expect_eq(stock_gauge_max(&g, UINT64_MAX), UINT64_MAX);
+	cr_expect_eq(stock_gauge_get(&g), UINT64_MAX);
+}
+
+#define GAUGE_OPS 50000
+
+struct tel_gauges {
+	struct stock_gauge sum;  /* every thread adds 1, GAUGE_OPS times */
+	struct stock_gauge high; /* every thread raises it to values it draws */
+	struct stock_gauge depth; /* +1 / -1 pairs: back to 0 */
+	uint64_t best[TEL_THREADS];
+	int bad;                 /* ck_pr: max returned less than its argument */
+};
+
+struct tel_gauge_arg {
+	struct tel_gauges *g;
+	int id;
+};
+
+static void *
+tel_gauge_worker(void *arg)
+{
+	struct tel_gauge_arg *a = arg;
+	struct tel_gauges *g = a->g;
+	uint64_t x = 0x9e3779b97f4a7c15ULL * (uint64_t)(a->id + 1), best = 0;
+
+	for (int i = 0; i < GAUGE_OPS; i++) {
+		uint64_t v, r;
+
+		stock_gauge_add(&g->sum, 1);
+		stock_gauge_add(&g->depth, 1);
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		v = x >> 4;
+		if (v > best)
+			best = v;
+		r = stock_gauge_max(&g->high, v);
+		if (r < v)
+			ck_pr_inc_int(&g->bad);
+		stock_gauge_add(&g->depth, (uint64_t)-1);
+	}
+	g->best[a->id] = best;
+	return NULL;
+}
+
+Test(telemetry, gauge_add_and_max_across_threads, .timeout = 60)
+{
+	static struct tel_gauges g;
+	struct tel_gauge_arg args[TEL_THREADS];
+	pthread_t th[TEL_THREADS];
+	uint64_t best = 0;
+
+	stock_gauge_init(&g.sum, 0);
+	stock_gauge_init(&g.high, 0);
+	stock_gauge_init(&g.depth, 0);
+	for (int i = 0; i < TEL_THREADS; i++) {
+		args[i] = (struct tel_gauge_arg){ &g, i };
+		pthread_create(&th[i], NULL, tel_gauge_worker, &args[i]);
+	}
+	for (int i = 0; i < TEL_THREADS; i++) {
+		pthread_join(th[i], NULL);
+		if (g.best[i] > best)
+			best = g.best[i];
+	}
+	cr_expect_eq(stock_gauge_get(&g.sum), (uint64_t)TEL_THREADS * GAUGE_OPS);
+	cr_expect_eq(stock_gauge_get(&g.depth), 0);
+	cr_expect_eq(stock_gauge_get(&g.high), best, "the high-water mark lost a raise");
+	cr_expect_eq(g.bad, 0);
+}
+
+/* set() is a release and get() an acquire: a reader that sees the new value
+ * sees what the writer wrote before it (TSan checks the edge). */
+struct tel_gauge_msg {
+	struct stock_gauge ready;
+	uint64_t payload[8]; /* plain */
+};
+
+static void *
+tel_gauge_reader(void *arg)
+{
+	struct tel_gauge_msg *m = arg;
+	uint64_t sum = 0;
+
+	while (stock_gauge_get(&m->ready) == 0)
+		sched_yield();
+	for (int i = 0; i < 8; i++)
+		sum += m->payload[i];
+	return (void *)(uintptr_t)sum;
+}
+
+Test(telemetry, gauge_set_publishes, .timeout = 60)
+{
+	for (int round = 0; round < 100; round++) {
+		struct tel_gauge_msg m = { STOCK_GAUGE_INITIALIZER(0), { 0 } };
+		pthread_t th[2];
+		void *res;
+
+		for (int i = 0; i < 2; i++)
+			pthread_create(&th[i], NULL, tel_gauge_reader, &m);
+		for (int i = 0; i < 8; i++)
+			m.payload[i] = (uint64_t)(round + i);
+		stock_gauge_set(&m.ready, 1);
+		for (int i = 0; i < 2; i++) {
+			pthread_join(th[i], &res);
+			cr_expect_eq((uint64_t)(uintptr_t)res, (uint64_t)(8 * round + 28));
+		}
+	}
 }

@@ -38,7 +38,7 @@ extern "C" {
 
 /* Library version. The Makefile reads these three lines. */
 #define STOCK_VERSION_MAJOR 0
-#define STOCK_VERSION_MINOR 1
+#define STOCK_VERSION_MINOR 2
 #define STOCK_VERSION_PATCH 0
 
 #define STOCK_VERSION_HEX \
@@ -87,6 +87,9 @@ extern "C" {
  *   STOCK_ERANGE    a count would exceed STOCK_COUNT_MAX
  *   STOCK_ECONFLICT an optimistic write lost: the version changed meanwhile
  *   STOCK_ESYS      a system call failed unexpectedly (errno is preserved)
+ *   STOCK_ECLOSED   the object is closed (shutting down); nothing changed
+ *   STOCK_EHELD     a commit or release asked for more units than are held;
+ *                   nothing changed
  */
 #define STOCK_ERRNO_MAP(X)                                                    \
 	X(EINVAL, -1, "invalid argument")                                     \
@@ -100,13 +103,15 @@ extern "C" {
 	X(ENOENT, -9, "no such key")                                          \
 	X(ERANGE, -10, "count out of range")                                  \
 	X(ECONFLICT, -11, "version changed since it was read")                \
-	X(ESYS, -12, "system call failed")
+	X(ESYS, -12, "system call failed")                                    \
+	X(ECLOSED, -13, "closed: shutting down")                              \
+	X(EHELD, -14, "commit or release exceeds units held")
 
 enum stock_errno {
 #define STOCK__ERR_ENUM(name, value, msg) STOCK_##name = (value),
 	STOCK_ERRNO_MAP(STOCK__ERR_ENUM)
 #undef STOCK__ERR_ENUM
-	STOCK__ERR_LAST = -13
+	STOCK__ERR_LAST = -15
 };
 
 /**

@@ -191,6 +191,76 @@ STOCK_EXTERN int stock_idgen_next_block(struct stock_idgen *g, uint64_t n, uint6
  */
 STOCK_EXTERN uint64_t stock_idgen_peek(const struct stock_idgen *g);
 
+/* ======================================================================
+ * Gauge
+ * ====================================================================== */
+
+/*
+ * A gauge is one 64-bit value that one or more threads set and others read
+ * (a queue depth, a pool size, the time of the last sale, a "connected"
+ * flag): every access is one atomic load or store, so readers never see a
+ * torn value. A store is a release and a load an acquire, so what a writer
+ * did before storing is visible to a reader that sees the value. Unlike a
+ * stock_stat it is a single word: right for values that are set, not for
+ * counts bumped on a hot path by many threads. Every function is inline and
+ * takes a gauge that must not be NULL (not checked).
+ */
+struct stock_gauge {
+	uint64_t value; /* private */
+};
+typedef struct stock_gauge stock_gauge_t;
+
+#define STOCK_GAUGE_INITIALIZER(v) \
+	{ (v) }
+
+/** stock_gauge_init - set @g to @v (not thread-safe against other use of @g). */
+STOCK_INLINE void
+stock_gauge_init(struct stock_gauge *g, uint64_t v)
+{
+	g->value = v;
+}
+
+/** stock_gauge_set - store @v (release). Thread-safe. */
+STOCK_INLINE void
+stock_gauge_set(struct stock_gauge *g, uint64_t v)
+{
+	/* A release orders earlier loads too, not only stores. */
+	ck_pr_fence_release();
+	ck_pr_store_64(&g->value, v);
+}
+
+/** stock_gauge_get - the current value (acquire). Thread-safe. */
+STOCK_INLINE uint64_t
+stock_gauge_get(const struct stock_gauge *g)
+{
+	uint64_t v = ck_pr_load_64(&g->value);
+
+	/* An acquire orders later stores too, not only loads. */
+	ck_pr_fence_acquire();
+	return v;
+}
+
+/** stock_gauge_add - add @d (wrapping) and return the new value. Thread-safe. */
+STOCK_INLINE uint64_t
+stock_gauge_add(struct stock_gauge *g, uint64_t d)
+{
+	return ck_pr_faa_64(&g->value, d) + d;
+}
+
+/**
+ * stock_gauge_max - raise @g to @v if @v is larger (a high-water mark);
+ * returns the value after the call. Lock-free, thread-safe.
+ */
+STOCK_INLINE uint64_t
+stock_gauge_max(struct stock_gauge *g, uint64_t v)
+{
+	uint64_t cur = ck_pr_load_64(&g->value);
+
+	while (cur < v && !ck_pr_cas_64_value(&g->value, cur, v, &cur))
+		;
+	return cur < v ? v : cur;
+}
+
 #ifdef __cplusplus
 }
 #endif
