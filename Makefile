@@ -39,10 +39,17 @@ CK_LIBS   := $(shell pkg-config --libs ck 2>/dev/null || echo -lck)
 
 ifeq ($(VARIANT),tsan)
 # ck_pr's inline assembly is invisible to TSan: use the compiler builtins.
-OPT := -O1 -g -fsanitize=thread -DCK_USE_CC_BUILTINS=1
+OPT := -O1 -g -fsanitize=thread -DCK_USE_CC_BUILTINS=1 -DDEMO_DEBUG
 SANLDFLAGS := -fsanitize=thread
 else ifeq ($(VARIANT),asan)
-OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -DDEMO_DEBUG
+SANLDFLAGS := -fsanitize=address,undefined
+else ifeq ($(VARIANT),fuzz)
+# libFuzzer targets (make fuzz): clang, every object instrumented for
+# coverage, ASan + UBSan; only the fuzz binaries link libFuzzer's main.
+CC := clang
+OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
+       -fno-sanitize-recover=undefined -DDEMO_DEBUG
 SANLDFLAGS := -fsanitize=address,undefined
 else
 OPT := -O2 -g
@@ -56,11 +63,17 @@ INCS     := -Ilibstock/include
 LIBCFLAGS = $(STD) $(OPT) $(WARN) -fPIC -fvisibility=hidden $(INCS) $(CK_CFLAGS) $(CFLAGS)
 APPCFLAGS = $(STD) $(OPT) $(WARN) $(INCS) $(CK_CFLAGS) $(CFLAGS)
 
-LIB_SRCS := $(wildcard libstock/src/*.c)
-LIB_OBJS := $(patsubst libstock/src/%.c,$(O)/obj/%.o,$(LIB_SRCS))
-LIB_HDRS := $(wildcard libstock/include/*.h libstock/include/stock/*.h) libstock/src/internal.h
+# Every source is compiled once per flavour into $(O)/obj/<its path>.o, with a
+# dependency file (-MMD -MP): touching one .c recompiles one object, touching
+# a header recompiles what includes it.
+DEPFLAGS := -MMD -MP
 
-SONAME    := libstock.so.$(MAJOR)
+LIB_SRCS := $(wildcard libstock/src/*.c)
+LIB_OBJS := $(patsubst %.c,$(O)/obj/%.o,$(LIB_SRCS))
+
+# Before 1.0 every minor version may change the ABI: the SONAME carries it.
+ABI       := $(if $(filter 0,$(MAJOR)),$(MAJOR).$(MINOR),$(MAJOR))
+SONAME    := libstock.so.$(ABI)
 SHLIB     := $(O)/libstock.so.$(VERSION)
 STLIB     := $(O)/libstock.a
 LIBS_PRIV := $(CK_LIBS) -lpthread
@@ -69,41 +82,57 @@ EXAMPLE_SRCS := $(wildcard examples/*.c)
 EXAMPLES     := $(patsubst examples/%.c,$(O)/examples/%,$(EXAMPLE_SRCS))
 
 UNIT_SRCS := $(wildcard tests/unit/*.c)
-UNIT_HDRS := $(wildcard tests/unit/*.h)
 UNIT_BIN  := $(O)/tests/unit_tests
 CRITERION_LIBS := $(shell pkg-config --libs criterion 2>/dev/null || echo -lcriterion)
 
 BENCH_BIN := $(O)/bench/bench_counters
 
-# demo-server: the stores and the bus are also linked into the server unit
-# tests (tests/server/test_*.c); libmongoc (MongoDB store) and hiredis (Redis
-# pub/sub) come from Debian's libmongoc-dev and libhiredis-dev.
+# demo-server: one folder per part (docs/server.md "Architecture"). libmongoc
+# (MongoDB), libbson and hiredis (Redis pub/sub) come from Debian's
+# libmongoc-dev, libbson-dev and libhiredis-dev.
 BSON_CFLAGS := $(shell pkg-config --cflags libbson-1.0 libmongoc-1.0 hiredis 2>/dev/null)
 BSON_LIBS   := $(shell pkg-config --libs libmongoc-1.0 libbson-1.0 hiredis 2>/dev/null || \
                  echo -lmongoc-1.0 -lbson-1.0 -lhiredis)
-STORE_SRCS  := demo-server/store.c demo-server/store_bson.c demo-server/crc32c.c \
-               $(wildcard demo-server/store_mongo.c demo-server/bus_redis.c)
-STORE_HDRS  := $(wildcard demo-server/*.h)
-SERVER_UNIT_SRCS := $(wildcard tests/server/test_*.c)
-SERVER_UNIT_BIN  := $(O)/tests/server_unit_tests
-BENCH_STORE_BIN  := $(O)/bench/bench_store
-SERVER_SRCS := $(filter-out $(STORE_SRCS),$(wildcard demo-server/*.c)) $(STORE_SRCS)
-SERVER_BIN  := $(O)/demo-server
 CIVETWEB_LIBS := -lcivetweb
+SRVCFLAGS = $(APPCFLAGS) -Idemo-server $(BSON_CFLAGS)
+SRV_LIBS   = $(STLIB) $(BSON_LIBS) $(CIVETWEB_LIBS) $(LIBS_PRIV)
+
+# srv_objs PARTS: the objects of those demo-server folders (plus log.c, which
+# every part uses).
+srv_objs = $(patsubst %.c,$(O)/obj/%.o,$(foreach d,$(1),$(wildcard demo-server/$(d)/*.c)) demo-server/log.c)
+SERVER_PARTS := common store mongo cluster inventory http checkout
+SERVER_OBJS  := $(call srv_objs,$(SERVER_PARTS)) $(O)/obj/demo-server/config.o $(O)/obj/demo-server/main.o
+SERVER_BIN   := $(O)/demo-server
+
+# Server unit tests: one binary per part, linked with only the parts it needs,
+# so a part's tests build and run on their own.
+SERVER_TESTS := $(patsubst tests/server/%.c,$(O)/tests/server/%,$(wildcard tests/server/test_*.c))
+test_parts_test_journal := common store
+test_parts_test_mongo   := common mongo
+test_parts_test_bus     := common mongo cluster
+test_parts_test_json    := common
+test_parts_test_buf     := common
+test_parts_test_lease   := common mongo cluster
+test_parts_test_payment := common checkout
+test_parts_test_checkout := common store mongo cluster inventory
+BENCH_STORE_BIN  := $(O)/bench/bench_store
 
 # Debian packages the library, its tests and its benchmarks need.
 DEPS_PKGS := gcc libc6-dev binutils make pkg-config libck-dev libcriterion-dev libbson-dev \
              libcivetweb-dev libmongoc-dev libhiredis-dev curl jq wrk siege redis-server redis-tools
 
 .PHONY: all run lib static shared examples run-examples test unit check server-test multi-test check-tsan check-asan \
-        bench bench-store bench-http install uninstall deps deps-pkgs clean test-install
+        bench bench-store bench-http bench-history fuzz fuzz-build install uninstall deps deps-pkgs clean test-install
 
 all: lib examples $(SERVER_BIN)
 
-$(SERVER_BIN): $(SERVER_SRCS) $(STORE_HDRS) $(STLIB)
+$(SERVER_BIN): $(SERVER_OBJS) $(STLIB)
 	@mkdir -p $(@D)
-	$(CC) $(APPCFLAGS) -Idemo-server $(BSON_CFLAGS) $(SERVER_SRCS) -o $@ $(SANLDFLAGS) $(LDFLAGS) \
-	    $(STLIB) $(BSON_LIBS) $(CIVETWEB_LIBS) $(LIBS_PRIV)
+	$(CC) $(SERVER_OBJS) -o $@ $(SANLDFLAGS) $(LDFLAGS) $(SRV_LIBS)
+
+$(O)/obj/demo-server/%.o: demo-server/%.c
+	@mkdir -p $(@D)
+	$(CC) $(SRVCFLAGS) $(DEPFLAGS) -c $< -o $@
 
 # Starts the demo server on 127.0.0.1:5059 with the embedded store in ./data.
 RUN_ARGS ?=
@@ -115,9 +144,9 @@ lib: static shared
 static: $(STLIB)
 shared: $(SHLIB)
 
-$(O)/obj/%.o: libstock/src/%.c $(LIB_HDRS)
+$(O)/obj/libstock/%.o: libstock/%.c
 	@mkdir -p $(@D)
-	$(CC) $(LIBCFLAGS) -c $< -o $@
+	$(CC) $(LIBCFLAGS) $(DEPFLAGS) -c $< -o $@
 
 $(STLIB): $(LIB_OBJS)
 	@mkdir -p $(@D)
@@ -132,9 +161,13 @@ $(SHLIB): $(LIB_OBJS)
 
 examples: $(EXAMPLES)
 
-$(O)/examples/%: examples/%.c $(STLIB) $(LIB_HDRS)
+$(O)/examples/%: $(O)/obj/examples/%.o $(STLIB)
 	@mkdir -p $(@D)
-	$(CC) $(APPCFLAGS) $< -o $@ $(SANLDFLAGS) $(LDFLAGS) $(STLIB) $(LIBS_PRIV)
+	$(CC) $< -o $@ $(SANLDFLAGS) $(LDFLAGS) $(STLIB) $(LIBS_PRIV)
+
+$(O)/obj/examples/%.o: examples/%.c
+	@mkdir -p $(@D)
+	$(CC) $(APPCFLAGS) $(DEPFLAGS) -c $< -o $@
 
 # Under TSan and ASan the same test files build against a Criterion-compatible
 # shim (tests/unit/shim) that runs every test in one process: Criterion's
@@ -142,33 +175,49 @@ $(O)/examples/%: examples/%.c $(STLIB) $(LIB_HDRS)
 # nothing from Criterion's worker processes (a deliberate leak passed), while
 # through the shim it checks every test at exit.
 ifneq ($(filter tsan asan,$(VARIANT)),)
-UNIT_EXTRA := -Itests/unit/shim tests/unit/shim/shim_main.c
+SHIM_OBJ   := $(O)/obj/tests/unit/shim/shim_main.o
+TESTCFLAGS := -Itests/unit/shim
 UNIT_LIBS  :=
 UNIT_FLAGS :=
 else
-UNIT_EXTRA :=
+SHIM_OBJ   :=
+TESTCFLAGS :=
 UNIT_LIBS  := $(CRITERION_LIBS)
 UNIT_FLAGS := --jobs 2
 endif
 
-$(UNIT_BIN): $(UNIT_SRCS) $(UNIT_HDRS) $(STLIB) $(wildcard tests/unit/shim/*.c tests/unit/shim/criterion/*.h)
-	@mkdir -p $(@D)
-	$(CC) $(APPCFLAGS) $(UNIT_EXTRA) -Itests/unit $(UNIT_SRCS) -o $@ $(SANLDFLAGS) $(LDFLAGS) \
-	    $(STLIB) $(UNIT_LIBS) $(LIBS_PRIV)
+UNIT_OBJS := $(patsubst %.c,$(O)/obj/%.o,$(UNIT_SRCS))
 
-$(SERVER_UNIT_BIN): $(SERVER_UNIT_SRCS) $(STORE_SRCS) $(STORE_HDRS) $(STLIB) $(wildcard tests/unit/shim/*.c tests/unit/shim/criterion/*.h)
+$(O)/obj/tests/unit/%.o: tests/unit/%.c
 	@mkdir -p $(@D)
-	$(CC) $(APPCFLAGS) $(UNIT_EXTRA) -Idemo-server $(BSON_CFLAGS) $(SERVER_UNIT_SRCS) $(STORE_SRCS) \
-	    -o $@ $(SANLDFLAGS) $(LDFLAGS) $(STLIB) $(BSON_LIBS) $(UNIT_LIBS) $(LIBS_PRIV)
+	$(CC) $(APPCFLAGS) $(TESTCFLAGS) -Itests/unit $(DEPFLAGS) -c $< -o $@
 
-$(BENCH_STORE_BIN): tests/bench/bench_store.c $(STORE_SRCS) $(STORE_HDRS) $(STLIB)
+$(O)/obj/tests/server/%.o: tests/server/%.c
 	@mkdir -p $(@D)
-	$(CC) $(APPCFLAGS) -Idemo-server $(BSON_CFLAGS) $< $(STORE_SRCS) -o $@ $(SANLDFLAGS) $(LDFLAGS) \
-	    $(STLIB) $(BSON_LIBS) $(LIBS_PRIV)
+	$(CC) $(SRVCFLAGS) $(TESTCFLAGS) $(DEPFLAGS) -c $< -o $@
 
-$(BENCH_BIN): tests/bench/bench_counters.c $(STLIB) $(LIB_HDRS)
+$(UNIT_BIN): $(UNIT_OBJS) $(SHIM_OBJ) $(STLIB)
 	@mkdir -p $(@D)
-	$(CC) $(APPCFLAGS) $< -o $@ $(SANLDFLAGS) $(LDFLAGS) $(STLIB) $(LIBS_PRIV)
+	$(CC) $(UNIT_OBJS) $(SHIM_OBJ) -o $@ $(SANLDFLAGS) $(LDFLAGS) $(STLIB) $(UNIT_LIBS) $(LIBS_PRIV)
+
+# $(O)/tests/server/test_X: its own object, the shim, and the parts listed in
+# test_parts_test_X.
+.SECONDEXPANSION:
+$(SERVER_TESTS): $(O)/tests/server/%: $(O)/obj/tests/server/%.o $$(call srv_objs,$$(test_parts_$$*)) $(SHIM_OBJ) $(STLIB)
+	@mkdir -p $(@D)
+	$(CC) $(filter %.o,$^) -o $@ $(SANLDFLAGS) $(LDFLAGS) $(SRV_LIBS) $(UNIT_LIBS)
+
+$(BENCH_STORE_BIN): $(O)/obj/tests/bench/bench_store.o $(call srv_objs,common store) $(STLIB)
+	@mkdir -p $(@D)
+	$(CC) $(filter %.o,$^) -o $@ $(SANLDFLAGS) $(LDFLAGS) $(SRV_LIBS)
+
+$(O)/obj/tests/bench/%.o: tests/bench/%.c
+	@mkdir -p $(@D)
+	$(CC) $(SRVCFLAGS) $(DEPFLAGS) -c $< -o $@
+
+$(BENCH_BIN): $(O)/obj/tests/bench/bench_counters.o $(STLIB)
+	@mkdir -p $(@D)
+	$(CC) $< -o $@ $(SANLDFLAGS) $(LDFLAGS) $(STLIB) $(LIBS_PRIV)
 
 # --- tests -----------------------------------------------------------------
 
@@ -176,9 +225,9 @@ UNIT_RUN := $(UNIT_BIN) $(UNIT_FLAGS)
 
 # The server unit tests get a real redis-server and MongoDB-compatible server
 # (tests/services/run.sh starts and stops them).
-unit: $(UNIT_BIN) $(SERVER_UNIT_BIN)
+unit: $(UNIT_BIN) $(SERVER_TESTS)
 	$(UNIT_RUN)
-	bash tests/services/run.sh $(SERVER_UNIT_BIN) $(UNIT_FLAGS)
+	bash tests/services/run.sh bash -c 'for t in "$$@"; do echo "== $$t"; $$t $(UNIT_FLAGS) || exit 1; done' - $(SERVER_TESTS)
 
 # Runs every example (they check their own results and exit non-zero on a miss).
 run-examples: $(EXAMPLES)
@@ -203,7 +252,15 @@ $(MONGO_DOCS_BIN): tests/services/mongo_docs.c
 
 server-test: $(SERVER_BIN) $(MONGO_DOCS_BIN)
 	bash tests/server/http_test.sh $(SERVER_BIN)
+	bash tests/server/checkout_test.sh $(SERVER_BIN)
+	bash tests/load/k6_scenario.sh $(SERVER_BIN)
 	bash tests/server/multi_test.sh $(SERVER_BIN) $(MONGO_DOCS_BIN)
+	bash tests/load/history.sh $(SERVER_BIN) $(MONGO_DOCS_BIN)
+
+# The history checker at full scale (tests/load/history/): a benchmark.
+bench-history: deps
+	$(MAKE) $(SERVER_BIN) $(MONGO_DOCS_BIN)
+	bash tests/load/history.sh $(SERVER_BIN) $(MONGO_DOCS_BIN) --full
 
 multi-test: $(SERVER_BIN) $(MONGO_DOCS_BIN)
 	bash tests/server/multi_test.sh $(SERVER_BIN) $(MONGO_DOCS_BIN)
@@ -233,15 +290,36 @@ $(BENCH_MONGO_BIN): tests/bench/bench_mongo.c
 	$(CC) -O2 -g -Wall -Wextra $(BSON_CFLAGS) $< -o $@ $(BSON_LIBS) -lpthread
 
 BARE_BIN := $(O)/bench/bare_civetweb
-$(BARE_BIN): tests/bench/bare_civetweb.c
+$(BARE_BIN): $(O)/obj/tests/bench/bare_civetweb.o
 	@mkdir -p $(@D)
-	$(CC) $(APPCFLAGS) $< -o $@ $(SANLDFLAGS) $(LDFLAGS) $(CIVETWEB_LIBS) $(LIBS_PRIV)
+	$(CC) $< -o $@ $(SANLDFLAGS) $(LDFLAGS) $(CIVETWEB_LIBS) $(LIBS_PRIV)
 
 # The demo server against a bare civetweb handler and Redis (appendfsync
 # always), measured in the same run. Needs wrk and redis-server (make deps).
+SLOW_FSYNC_SO := $(O)/bench/slow_fsync.so
+$(SLOW_FSYNC_SO): tests/bench/slow_fsync.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -fPIC -shared -Wall -Wextra $< -o $@ -ldl
+
 bench-http: deps
-	$(MAKE) $(SERVER_BIN) $(BARE_BIN) $(BENCH_MONGO_BIN)
-	bash tests/bench/bench_http.sh $(SERVER_BIN) $(BARE_BIN) $(BENCH_MONGO_BIN)
+	$(MAKE) $(SERVER_BIN) $(BARE_BIN) $(BENCH_MONGO_BIN) $(SLOW_FSYNC_SO) crowd-bin
+	CROWD=$(CROWD_BIN) SLOW_FSYNC=$(SLOW_FSYNC_SO) \
+	    bash tests/bench/bench_http.sh $(SERVER_BIN) $(BARE_BIN) $(BENCH_MONGO_BIN)
+
+# A flash-sale crowd on the server's defaults: 10 000 keep-alive clients and
+# 1000 silent + 1000 slow-header connections against 64 clients and a lone
+# buyer, same run (tests/load/crowd, a Go tool; docs/benchmarks.md "Crowd").
+GO        ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+CROWD_BIN := $(O)/bench/crowd
+.PHONY: bench-crowd crowd-bin
+crowd-bin:
+	@mkdir -p $(O)/bench
+	cd tests/load/crowd && GOTOOLCHAIN=local $(GO) build -o $(abspath $(CROWD_BIN)) .
+
+bench-crowd: crowd-bin
+	$(MAKE) $(SERVER_BIN)
+	bash tests/bench/bench_crowd.sh $(SERVER_BIN) $(CROWD_BIN)
+	CROWD_MODE=mongo bash tests/bench/bench_crowd.sh $(SERVER_BIN) $(CROWD_BIN)
 
 # Group commit of the embedded store against one write+fdatasync per append.
 # Run on a real disk (BENCH_STORE_DIR), not tmpfs.
@@ -251,6 +329,41 @@ bench-store: deps
 	rm -rf $(BENCH_STORE_DIR) && mkdir -p $(BENCH_STORE_DIR)
 	$(BENCH_STORE_BIN) -d $(BENCH_STORE_DIR)
 	rm -rf $(BENCH_STORE_DIR)
+
+# --- fuzzing (tests/fuzz/) ------------------------------------------------
+
+# One libFuzzer target per parser of untrusted input; each asserts a property
+# (tests/fuzz/README.md). `make fuzz` runs each for FUZZ_SECONDS on a copy of
+# its seed corpus (tests/fuzz/corpus/<target>/) and prints execs and coverage;
+# `make fuzz FUZZ_TARGETS=fuzz_bus` runs only the ones named. Debian's clang
+# only recommends the compiler-rt runtime that -fsanitize=fuzzer links
+# (libclang_rt.fuzzer, asan, ubsan): FUZZ_PKGS installs it.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS    := $(patsubst %,$(O)/fuzz/%,$(FUZZ_TARGETS))
+FUZZ_OBJS     = $(call srv_objs,$(SERVER_PARTS)) $(O)/obj/demo-server/config.o
+FUZZ_PKGS    := clang libclang-rt-dev
+
+$(O)/obj/tests/fuzz/%.o: tests/fuzz/%.c
+	@mkdir -p $(@D)
+	$(CC) $(SRVCFLAGS) $(DEPFLAGS) -c $< -o $@
+
+$(FUZZ_BINS): $(O)/fuzz/%: $(O)/obj/tests/fuzz/%.o $(FUZZ_OBJS) $(STLIB)
+	@mkdir -p $(@D)
+	$(CC) -fsanitize=fuzzer,address,undefined $(filter %.o,$^) -o $@ $(LDFLAGS) $(SRV_LIBS)
+
+# The fuzz binaries exist only in the fuzz variant (clang, instrumented).
+ifeq ($(VARIANT),fuzz)
+fuzz-build: $(FUZZ_BINS)
+else
+fuzz-build:
+	$(MAKE) VARIANT=fuzz fuzz-build
+endif
+
+fuzz: deps
+	@$(MAKE) --no-print-directory deps-pkgs DEPS_PKGS="$(FUZZ_PKGS)"
+	$(MAKE) VARIANT=fuzz fuzz-build FUZZ_TARGETS="$(FUZZ_TARGETS)"
+	bash tests/fuzz/run.sh build/fuzz/fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # --- install ---------------------------------------------------------------
 
@@ -281,7 +394,12 @@ uninstall:
 
 # deps-pkgs: the Debian packages (enough for `make run`); deps: also the
 # MongoDB-compatible server the tests start (FerretDB, built with Go).
+# Packages only the tests need: promtool (prometheus) lints /metrics, clang
+# builds the libFuzzer targets.
+TEST_PKGS := prometheus clang
+
 deps: deps-pkgs
+	@$(MAKE) --no-print-directory deps-pkgs DEPS_PKGS="$(TEST_PKGS)"
 	@if command -v mongod >/dev/null || [ -n "$$STOCK_TEST_MONGO_URI" ]; then :; \
 	else bash tests/services/ferretdb-install.sh || \
 	    echo "deps: WARNING: FerretDB could not be built (Go missing?): MongoDB tests will be SKIPPED"; fi
@@ -299,3 +417,5 @@ deps-pkgs:
 
 clean:
 	rm -rf build
+
+-include $(shell find $(O)/obj -name '*.d' 2>/dev/null)

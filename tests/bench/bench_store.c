@@ -1,5 +1,5 @@
 /*
- * Group-commit benchmark of the embedded BSON store.
+ * Group-commit benchmark of the embedded store (store/store.h).
  *
  * First measures the reference on the same file system in the same run: one
  * thread doing write(64 bytes) + fdatasync in a loop, the cost of a durable
@@ -24,7 +24,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "store.h"
+#include <stock.h>
+
+#include "store/store.h"
 
 static unsigned opt_delay_us, opt_max_batch; /* 0: the store's defaults */
 
@@ -81,7 +83,7 @@ reference(const char *dir, double secs)
 struct worker {
 	store_t *st;
 	int id;
-	volatile int *stop;
+	struct stock_latch *stop;
 	unsigned long appends, failures;
 };
 
@@ -89,12 +91,12 @@ static void *
 worker_main(void *p)
 {
 	struct worker *w = p;
-	struct store_doc d;
+	struct sku_doc d;
 	uint64_t v = 0;
 
 	memset(&d, 0, sizeof d);
 	snprintf(d.sku, sizeof d.sku, "bench-%d", w->id);
-	while (!__atomic_load_n(w->stop, __ATOMIC_ACQUIRE)) {
+	while (!stock_latch_is_set(w->stop)) {
 		v++;
 		d.stock = 1000000000 - v;
 		d.sold = v;
@@ -111,11 +113,11 @@ static void
 run(const char *dir, int threads, double secs, double ref)
 {
 	char sub[4200], err[512];
-	struct store_bson_options o = { 0 };
+	struct store_options o = { 0 };
 	struct store_stats s0, s1;
 	struct worker *w = calloc((size_t)threads, sizeof *w);
 	pthread_t *th = calloc((size_t)threads, sizeof *th);
-	volatile int stop = 0;
+	struct stock_latch stop;
 	unsigned long appends = 0, failures = 0;
 	store_t *st;
 	double t0, t;
@@ -129,11 +131,12 @@ run(const char *dir, int threads, double secs, double ref)
 	o.queue_limit = 65536;
 	o.max_delay_us = opt_delay_us;
 	o.max_batch = opt_max_batch;
-	if (store_bson_open(&st, &o, err, sizeof err) != 0) {
+	if (store_open(&st, &o, err, sizeof err) != 0) {
 		fprintf(stderr, "open: %s\n", err);
 		exit(1);
 	}
 	store_stats(st, &s0);
+	stock_latch_init(&stop, false);
 	t0 = now_s();
 	for (int i = 0; i < threads; i++) {
 		w[i] = (struct worker){ st, i, &stop, 0, 0 };
@@ -144,7 +147,7 @@ run(const char *dir, int threads, double secs, double ref)
 	}
 	while (now_s() - t0 < secs)
 		usleep(10000);
-	__atomic_store_n(&stop, 1, __ATOMIC_RELEASE);
+	stock_latch_set(&stop);
 	for (int i = 0; i < threads; i++) {
 		pthread_join(th[i], NULL);
 		appends += w[i].appends;
@@ -153,6 +156,7 @@ run(const char *dir, int threads, double secs, double ref)
 	t = now_s() - t0;
 	store_stats(st, &s1);
 	store_close(st);
+	stock_latch_destroy(&stop);
 	fsyncs = s1.fsyncs - s0.fsyncs;
 	batches = s1.batches - s0.batches;
 	records = s1.records - s0.records;

@@ -20,6 +20,8 @@ make -s install DESTDIR="$dest" PREFIX=/usr >/dev/null
 lib="$dest/usr/lib"
 version=$(sed -n 's/^Version: //p' "$lib/pkgconfig/libstock.pc")
 major=${version%%.*}
+# Before 1.0 the SONAME carries the minor version too (every 0.x may change the ABI).
+[ "$major" = 0 ] && { minor=${version#*.}; major=0.${minor%%.*}; }
 
 for f in "$lib/libstock.so.$version" "$lib/libstock.a" "$dest/usr/include/stock.h" \
          "$dest/usr/include/stock/counter.h" "$lib/pkgconfig/libstock.pc"; do

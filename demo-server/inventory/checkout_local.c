@@ -1,0 +1,1787 @@
+/*
+ * Checkout in the embedded mode (inventory.h "checkout", local.h): holds,
+ * orders, per-buyer counts and idempotency answers, on the libstock
+ * counters' held state and the embedded journal.
+ *
+ * One lock (book->mu) orders every checkout change: under it a change is
+ * applied to the counters (reserve, commit, release), its records are
+ * built - the SKU states it left, the hold or order, the buyer counts, the
+ * idempotency answer - and queued in the journal as ONE atomic commit
+ * (store_commit); the lock is dropped before waiting for the disk
+ * (store_commit_queued, then store_ticket_wait), so many changes share one
+ * fdatasync. Because records are
+ * queued in the order the changes were made, the durable journal is a
+ * prefix of that order: after a crash, recovery rebuilds exactly the
+ * changes that were acknowledged, plus some that were not yet (never
+ * fewer). A hold's units come back at start-up by reserving them again
+ * from the recovered counters, so held is always the sum of the live
+ * holds. Expiry runs on a libstock timing wheel polled by one thread.
+ * docs/internals/checkout.md has the argument and what a crash can cost.
+ */
+#include <bson/bson.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "common/assert.h"
+#include "common/smap.h"
+#include "common/util.h"
+#include "config.h"
+#include "inventory/local.h"
+#include "log.h"
+
+#define TICK_NS 10000000ULL     /* wheel precision: 10 ms */
+#define POLL_MS 50              /* the expiry thread's longest sleep */
+#define COMMIT_MAX (2 * CHECKOUT_ITEMS_MAX + 2)
+
+enum obj_kind { OBJ_HOLD = 1, OBJ_IDEM };
+
+struct hold {
+	int kind; /* OBJ_HOLD: first, for the timer's dispatch */
+	struct smap_node node;
+	char id[CHECKOUT_ID_LEN + 1];
+	enum hold_status status;
+	bool paying;
+	int64_t expires_at_ms; /* unix ms */
+	int64_t done_at_ms;    /* when it left held (kept ttl_s after) */
+	uint64_t version;      /* of its record */
+	char buyer[BUYER_ID_MAX + 1];
+	size_t n;
+	struct checkout_item *items; /* as held: n, in room[] */
+	size_t nconf;
+	struct checkout_item *conf;  /* as confirmed: room for n, after items */
+	struct stock_wheel_timer timer; /* expiry, then retention */
+	struct checkout_item room[]; /* items, then conf (sized at hold_alloc) */
+};
+
+struct idem {
+	int kind; /* OBJ_IDEM */
+	struct smap_node node;
+	char key[IDEM_KEY_MAX + 1];
+	size_t key_len;
+	bool done;
+	int status;
+	char *req, *body;
+	size_t req_len, body_len;
+	int64_t at_ms;
+	uint64_t version;
+	struct stock_wheel_timer timer; /* retention */
+};
+
+/* What one buyer took of one SKU (held + bought). Key: "<buyer>/<sku>". */
+struct buyer {
+	struct smap_node node;
+	char key[BUYER_ID_MAX + 1 + STOCK_SKU_MAX + 1];
+	uint64_t count, version;
+};
+
+/* A retired SKU (DELETE Admin/Stock): its counter stays, at 0, for peeks. */
+struct retired {
+	struct smap_node node;
+	char sku[STOCK_SKU_MAX + 1];
+};
+
+struct checkout_book {
+	pthread_mutex_t mu;
+	struct smap holds, idems, buyers, retired;
+	struct stock_wheel wheel;
+	struct stock_latch stop;
+	pthread_t thread;
+	bool started;
+	uint64_t hold_ttl_ms, max_hold_ms, max_per_buyer;
+	uint64_t ttl_ms;    /* idempotency answers are kept this long */
+	uint64_t retain_ms; /* finished holds are kept this long */
+	uint64_t seq; /* record versions: one rising sequence for every key */
+	struct stock_stat holds_made, confirms, cancels, expiries, orders, replays, limits;
+};
+
+/* A zeroed hold with room for @n items and @nconf confirmed ones (NULL: no memory). */
+static struct hold *
+hold_alloc(size_t n, size_t nconf)
+{
+	struct hold *h = calloc(1, sizeof *h + (n + nconf) * sizeof h->room[0]);
+
+	if (h != NULL) {
+		h->items = h->room;
+		h->conf = h->room + n;
+	}
+	return h;
+}
+
+/* The records of one change, committed together. */
+struct commit {
+	struct sku_doc docs[CHECKOUT_ITEMS_MAX + 1];
+	size_t nd;
+	struct store_kv kv[COMMIT_MAX];
+	char keys[COMMIT_MAX][STORE_KEY_MAX + 1];
+	bson_t *vals[COMMIT_MAX];
+	size_t nk;
+};
+
+const char *
+hold_status_name(enum hold_status s)
+{
+	switch (s) {
+	case HOLD_HELD: return "held";
+	case HOLD_CONFIRMED: return "confirmed";
+	case HOLD_CANCELLED: return "cancelled";
+	case HOLD_EXPIRED: return "expired";
+	}
+	return "unknown";
+}
+
+static uint64_t
+next_version(struct checkout_book *b)
+{
+	return ++b->seq;
+}
+
+/* ---- records -------------------------------------------------------------- */
+
+static void
+commit_free(struct commit *c)
+{
+	for (size_t i = 0; i < c->nk; i++)
+		if (c->vals[i] != NULL)
+			bson_destroy(c->vals[i]);
+	c->nk = c->nd = 0;
+}
+
+/* A keyed record "<prefix><name>" with value @v (owned by @c; NULL: delete). */
+static void
+commit_kv(struct commit *c, const char *prefix, const char *name, size_t nlen, uint64_t version,
+    bson_t *v)
+{
+	size_t plen = strlen(prefix), i = c->nk++;
+
+	ASSERT(i < COMMIT_MAX && plen + nlen <= STORE_KEY_MAX);
+	memcpy(c->keys[i], prefix, plen);
+	memcpy(c->keys[i] + plen, name, nlen);
+	c->keys[i][plen + nlen] = '\0';
+	c->vals[i] = v;
+	c->kv[i] = (struct store_kv){ .key = c->keys[i], .key_len = plen + nlen, .version = version,
+		.value = v != NULL ? bson_get_data(v) : NULL, .value_len = v != NULL ? v->len : 0 };
+}
+
+/* The SKU's state now, as a document of @c (read after the change: a state it had). */
+static void
+commit_sku(struct local *l, struct commit *c, struct stock_counter *ctr, const char *sku)
+{
+	struct stock_level lv;
+
+	for (size_t i = 0; i < c->nd; i++)
+		if (strcmp(c->docs[i].sku, sku) == 0)
+			c->nd = i; /* re-read: overwrite the older state */
+	ASSERT(local_lift(l, stock_counter_read(ctr, &lv), &lv) == 0);
+	ASSERT(c->nd < CHECKOUT_ITEMS_MAX + 1);
+	local_doc(&c->docs[c->nd++], sku, &lv);
+}
+
+static void
+append_items(bson_t *b, const char *name, const struct checkout_item *it, size_t n)
+{
+	bson_t arr, el;
+	char idx[16];
+	const char *k;
+
+	bson_append_array_begin(b, name, -1, &arr);
+	for (size_t i = 0; i < n; i++) {
+		bson_uint32_to_string((uint32_t)i, &k, idx, sizeof idx);
+		bson_append_document_begin(&arr, k, -1, &el);
+		bson_append_utf8(&el, "sku", 3, it[i].sku, -1);
+		bson_append_int64(&el, "q", 1, (int64_t)it[i].quantity);
+		bson_append_document_end(&arr, &el);
+	}
+	bson_append_array_end(b, &arr);
+}
+
+static bson_t *
+hold_value(const struct hold *h)
+{
+	bson_t *b = bson_new();
+
+	bson_append_utf8(b, "status", 6, hold_status_name(h->status), -1);
+	bson_append_int64(b, "expires_at", 10, h->expires_at_ms);
+	bson_append_int64(b, "done_at", 7, h->done_at_ms);
+	bson_append_utf8(b, "buyer", 5, h->buyer, -1);
+	append_items(b, "items", h->items, h->n);
+	if (h->status == HOLD_CONFIRMED)
+		append_items(b, "confirmed", h->conf, h->nconf);
+	return b;
+}
+
+static void
+commit_hold(struct checkout_book *b, struct commit *c, struct hold *h)
+{
+	h->version = next_version(b);
+	commit_kv(c, "hold/", h->id, strlen(h->id), h->version, hold_value(h));
+}
+
+static void
+commit_buyer(struct checkout_book *b, struct commit *c, struct buyer *by)
+{
+	bson_t *v = bson_new();
+
+	bson_append_int64(v, "count", 5, (int64_t)by->count);
+	by->version = next_version(b);
+	commit_kv(c, "buyer/", by->key, strlen(by->key), by->version, v);
+}
+
+static bson_t *
+idem_value(const struct idem *e)
+{
+	bson_t *v = bson_new();
+
+	bson_append_binary(v, "req", 3, BSON_SUBTYPE_BINARY, (const uint8_t *)e->req,
+	    (uint32_t)e->req_len);
+	bson_append_int32(v, "status", 6, e->status);
+	bson_append_binary(v, "body", 4, BSON_SUBTYPE_BINARY, (const uint8_t *)e->body,
+	    (uint32_t)e->body_len);
+	bson_append_int64(v, "at", 2, e->at_ms);
+	return v;
+}
+
+/* A commit queued durably: waited for (settle) after the lock is dropped. */
+struct pending {
+	struct store_ticket t;
+	bool queued;
+};
+
+/*
+ * Queue @c as one atomic commit (under the book's lock: the journal's order
+ * is the changes' order), durable when @p (wait with settle), else
+ * write-behind. Returns 0 or the store's refusal (nothing queued).
+ */
+static int
+commit_queue(struct local *l, struct commit *c, struct pending *p)
+{
+	int rc;
+
+	if (p != NULL)
+		p->queued = false;
+	if (c->nd == 0 && c->nk == 0)
+		return 0;
+	if (p == NULL) {
+		rc = store_commit(l->store, c->docs, c->nd, c->kv, c->nk, false);
+	} else {
+		rc = store_commit_queued(l->store, c->docs, c->nd, c->kv, c->nk, &p->t);
+		p->queued = rc == 0;
+	}
+	commit_free(c);
+	return rc;
+}
+
+/* ---- timers ---------------------------------------------------------------- */
+
+static uint64_t
+mono_deadline(int64_t at_ms)
+{
+	int64_t now = util_wall_ms(), d = at_ms - now;
+	uint64_t mono = stock_now_ns();
+
+	if (d <= 0)
+		return mono;
+	return mono + (uint64_t)d * 1000000ULL;
+}
+
+static void
+arm(struct checkout_book *b, struct stock_wheel_timer *t, int64_t at_ms)
+{
+	uint64_t dl = mono_deadline(at_ms);
+
+	if (dl > STOCK_WHEEL_DEADLINE_MAX)
+		dl = STOCK_WHEEL_DEADLINE_MAX;
+	ASSERT(stock_wheel_add(&b->wheel, t, dl) == 0);
+}
+
+/* @h left held: keep it retain_ms for GET and repeated confirms/cancels, then forget it. */
+static void
+hold_finish(struct checkout_book *b, struct hold *h, enum hold_status st)
+{
+	h->status = st;
+	h->done_at_ms = util_wall_ms();
+	/* Under the lock a timer is armed or idle, never in the expiry
+	   thread's hands (it polls under the lock): re-arm for retention. */
+	(void)stock_wheel_cancel(&b->wheel, &h->timer);
+	arm(b, &h->timer, h->done_at_ms + (int64_t)b->retain_ms);
+}
+
+/* ---- lookups --------------------------------------------------------------- */
+
+static struct hold *
+hold_find(struct checkout_book *b, const char *id, size_t len)
+{
+	struct smap_node *x = smap_get(&b->holds, id, len);
+
+	return x == NULL ? NULL : (struct hold *)((char *)x - offsetof(struct hold, node));
+}
+
+static struct idem *
+idem_find(struct checkout_book *b, const char *key, size_t len)
+{
+	struct smap_node *x = smap_get(&b->idems, key, len);
+
+	return x == NULL ? NULL : (struct idem *)((char *)x - offsetof(struct idem, node));
+}
+
+/* The count of @buyer for @sku, created at 0 when @create. */
+static struct buyer *
+buyer_find(struct checkout_book *b, const char *buyer, const char *sku, bool create)
+{
+	char key[sizeof ((struct buyer *)0)->key];
+	int n = snprintf(key, sizeof key, "%s/%s", buyer, sku);
+	struct smap_node *x;
+	struct buyer *by;
+
+	ASSERT(n > 0 && (size_t)n < sizeof key);
+	if ((x = smap_get(&b->buyers, key, (size_t)n)) != NULL)
+		return (struct buyer *)((char *)x - offsetof(struct buyer, node));
+	if (!create || (by = calloc(1, sizeof *by)) == NULL)
+		return NULL;
+	memcpy(by->key, key, (size_t)n + 1);
+	by->node.key = by->key;
+	by->node.key_len = (size_t)n;
+	(void)smap_put(&b->buyers, &by->node);
+	return by;
+}
+
+static void
+view_hold(const struct hold *h, struct checkout_view *out)
+{
+	memset(out, 0, sizeof *out);
+	memcpy(out->id, h->id, sizeof out->id);
+	out->status = h->status;
+	out->paying = h->paying;
+	out->expires_at_ms = h->expires_at_ms;
+	if (h->status == HOLD_CONFIRMED) {
+		out->n = h->nconf;
+		memcpy(out->items, h->conf, h->nconf * sizeof h->conf[0]);
+	} else {
+		out->n = h->n;
+		memcpy(out->items, h->items, h->n * sizeof h->items[0]);
+	}
+	memcpy(out->buyer, h->buyer, sizeof out->buyer);
+	out->refused = -1;
+}
+
+static void
+new_id(char *out, char prefix)
+{
+	uint8_t r[16];
+	static const char hex[] = "0123456789abcdef";
+
+	if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+		uint64_t a = stock_now_ns(), c = (uint64_t)(uintptr_t)out;
+		memcpy(r, &a, 8);
+		memcpy(r + 8, &c, 8);
+	}
+	out[0] = prefix;
+	out[1] = '_';
+	for (int i = 0; i < 16; i++) {
+		out[2 + 2 * i] = hex[r[i] >> 4];
+		out[3 + 2 * i] = hex[r[i] & 15];
+	}
+	out[CHECKOUT_ID_LEN] = '\0';
+}
+
+/* ---- the idempotency answer ------------------------------------------------- */
+
+/*
+ * Render @ans from @v and record it as the key's answer in @c (the same
+ * commit as the change). The in-memory entry is marked done now: a replay
+ * waits for the disk first (idem_begin), so no answer is replayed before
+ * it is durable.
+ */
+static int
+answer_record(struct local *l, struct commit *c, struct idem_answer *ans,
+    const struct checkout_view *v)
+{
+	struct checkout_book *b = l->co;
+	struct idem *e;
+	char *body;
+
+	if (ans == NULL)
+		return 0;
+	e = idem_find(b, ans->key, ans->key_len);
+	ASSERT(e != NULL && !e->done); /* idem_begin made it, in flight */
+	ans->body = (struct buf)BUF_INIT;
+	ans->stored = true;
+	if (ans->render(v, &ans->body, ans->arg) != 0 || ans->body.failed ||
+	    (body = malloc(ans->body.len + 1)) == NULL)
+		return STOCK_ENOMEM;
+	memcpy(body, ans->body.data, ans->body.len);
+	e->body = body;
+	e->body_len = ans->body.len;
+	e->status = ans->status;
+	e->done = true;
+	e->at_ms = util_wall_ms();
+	e->version = next_version(b);
+	commit_kv(c, "idem/", e->key, e->key_len, e->version, idem_value(e));
+	arm(b, &e->timer, e->at_ms + (int64_t)b->ttl_ms);
+	return 0;
+}
+
+/* ---- holds ------------------------------------------------------------------ */
+
+/*
+ * Check @req against the buyer limit, then reserve every item (all or
+ * nothing). Under the book's lock and a table section. 0, or the refusal
+ * with out->refused (and out->over_limit).
+ */
+static int
+reserve_all(struct local *l, const struct checkout_req *req, struct stock_counter **ctr,
+    struct checkout_view *out)
+{
+	struct checkout_book *b = l->co;
+	size_t i;
+	int rc = 0;
+
+	for (i = 0; i < req->n; i++)
+		if ((ctr[i] = local_counter(l, req->items[i].sku)) == NULL) {
+			out->refused = (int)i;
+			return STOCK_ENOENT;
+		}
+	if (req->buyer != NULL && b->max_per_buyer > 0)
+		for (i = 0; i < req->n; i++) {
+			struct buyer *by = buyer_find(b, req->buyer, req->items[i].sku, false);
+			uint64_t had = by != NULL ? by->count : 0;
+
+			if (req->items[i].quantity > b->max_per_buyer - (had < b->max_per_buyer ? had :
+			    b->max_per_buyer)) {
+				out->refused = (int)i;
+				out->over_limit = true;
+				stock_stat_inc(&b->limits);
+				return STOCK_ESOLDOUT;
+			}
+		}
+	for (i = 0; i < req->n; i++)
+		if ((rc = stock_counter_reserve(ctr[i], req->items[i].quantity)) != 0)
+			break;
+	if (rc == 0)
+		return 0;
+	out->refused = (int)i;
+	while (i-- > 0)
+		ASSERT(stock_counter_release(ctr[i], req->items[i].quantity) == 0);
+	return rc;
+}
+
+/* Add @d (may be negative) to the buyer's count of each item, recorded in @c. */
+static void
+buyer_add(struct checkout_book *b, struct commit *c, const char *buyer,
+    const struct checkout_item *it, size_t n, bool add)
+{
+	if (buyer == NULL || buyer[0] == '\0' || b->max_per_buyer == 0)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		struct buyer *by = buyer_find(b, buyer, it[i].sku, add);
+
+		if (by == NULL) {
+			if (add)
+				log_warn("checkout", "out of memory: buyer %s not counted", buyer);
+			continue;
+		}
+		if (add)
+			by->count += it[i].quantity;
+		else
+			by->count -= by->count < it[i].quantity ? by->count : it[i].quantity;
+		commit_buyer(b, c, by);
+	}
+}
+
+/* Wait for the disk after the lock is dropped (once, if queued). */
+static int
+durable_wait(struct pending *p, int rc)
+{
+	if (p->queued) {
+		int w = store_ticket_wait(&p->t);
+
+		p->queued = false;
+		if (rc == 0)
+			rc = w;
+	}
+	return rc;
+}
+
+/* durable_wait, bracketed by the durable guard. */
+static int
+settle(struct local *l, struct durable_pass *pass, int rc, struct pending *p)
+{
+	rc = durable_wait(p, rc);
+	durable_leave(&l->guard, pass, rc == STOCK_ESYS);
+	return rc;
+}
+
+int
+checkout_local_hold(inventory_t *inv, const struct checkout_req *req, struct idem_answer *ans,
+    struct checkout_view *out)
+{
+	struct pending pend = { .queued = false };
+	struct local *l = to_local(inv);
+	struct checkout_book *b = l->co;
+	struct stock_counter *ctr[CHECKOUT_ITEMS_MAX];
+	struct stock_table_section sec;
+	struct durable_pass pass;
+	struct commit c = { 0 };
+	struct hold *h;
+	int rc;
+
+	memset(out, 0, sizeof *out);
+	out->refused = -1;
+	ASSERT(req->n >= 1 && req->n <= CHECKOUT_ITEMS_MAX);
+	if ((h = hold_alloc(req->n, req->n)) == NULL)
+		return STOCK_ENOMEM;
+	/* Everything that does not need the book is done before its lock. */
+	h->kind = OBJ_HOLD;
+	new_id(h->id, 'h');
+	h->node.key = h->id;
+	h->node.key_len = CHECKOUT_ID_LEN;
+	h->status = HOLD_HELD;
+	if (req->buyer != NULL)
+		snprintf(h->buyer, sizeof h->buyer, "%s", req->buyer);
+	h->n = req->n;
+	memcpy(h->items, req->items, req->n * sizeof req->items[0]);
+	stock_wheel_timer_init(&h->timer, h);
+	if ((rc = durable_enter(&l->guard, &pass)) != 0) {
+		free(h);
+		return rc;
+	}
+	if (stock_table_read_begin(l->many, &sec) != 0) {
+		durable_leave(&l->guard, &pass, false);
+		free(h);
+		return STOCK_ENOMEM;
+	}
+	pthread_mutex_lock(&b->mu);
+	if ((rc = reserve_all(l, req, ctr, out)) != 0) {
+		pthread_mutex_unlock(&b->mu);
+		stock_table_read_end(l->many, &sec);
+		durable_leave(&l->guard, &pass, false);
+		free(h);
+		return rc;
+	}
+	while (hold_find(b, h->id, CHECKOUT_ID_LEN) != NULL)
+		new_id(h->id, 'h');
+	h->expires_at_ms = util_wall_ms() + (int64_t)req->ttl_ms;
+	for (size_t i = 0; i < req->n; i++)
+		commit_sku(l, &c, ctr[i], req->items[i].sku);
+	buyer_add(b, &c, h->buyer, h->items, h->n, true);
+	commit_hold(b, &c, h);
+	view_hold(h, out);
+	if ((rc = answer_record(l, &c, ans, out)) == 0)
+		rc = commit_queue(l, &c, &pend);
+	if (rc != 0) {
+		/* Nothing queued: undo in memory (the buyer counts too). */
+		struct commit undo = { 0 };
+
+		commit_free(&c);
+		for (size_t i = 0; i < req->n; i++)
+			ASSERT(stock_counter_release(ctr[i], req->items[i].quantity) == 0);
+		buyer_add(b, &undo, h->buyer, h->items, h->n, false);
+		commit_free(&undo);
+		if (ans != NULL) {
+			struct idem *e = idem_find(b, ans->key, ans->key_len);
+			if (e != NULL && e->done) { /* back to in flight; the caller aborts it */
+				(void)stock_wheel_cancel(&b->wheel, &e->timer);
+				free(e->body);
+				e->body = NULL;
+				e->done = false;
+			}
+		}
+		pthread_mutex_unlock(&b->mu);
+		stock_table_read_end(l->many, &sec);
+		durable_leave(&l->guard, &pass, false);
+		free(h);
+		return rc;
+	}
+	(void)smap_put(&b->holds, &h->node);
+	arm(b, &h->timer, h->expires_at_ms);
+	stock_stat_inc(&b->holds_made);
+	pthread_mutex_unlock(&b->mu);
+	stock_table_read_end(l->many, &sec);
+	return settle(l, &pass, 0, &pend);
+}
+
+int
+checkout_local_hold_get(inventory_t *inv, const char *id, size_t len, struct checkout_view *out)
+{
+	struct checkout_book *b = to_local(inv)->co;
+	struct hold *h;
+
+	pthread_mutex_lock(&b->mu);
+	if ((h = hold_find(b, id, len)) != NULL)
+		view_hold(h, out);
+	pthread_mutex_unlock(&b->mu);
+	return h != NULL ? 0 : STOCK_ENOENT;
+}
+
+/* Which quantities of @h a confirm sells: @part (checked) or everything. */
+static int
+confirm_amounts(const struct hold *h, const struct checkout_req *part, uint64_t *sell)
+{
+	for (size_t i = 0; i < h->n; i++)
+		sell[i] = part == NULL ? h->items[i].quantity : 0;
+	if (part == NULL)
+		return 0;
+	for (size_t k = 0; k < part->n; k++) {
+		size_t i;
+
+		for (i = 0; i < h->n; i++)
+			if (strcmp(h->items[i].sku, part->items[k].sku) == 0)
+				break;
+		if (i == h->n || part->items[k].quantity > h->items[i].quantity || sell[i] != 0)
+			return STOCK_EINVAL;
+		sell[i] = part->items[k].quantity;
+	}
+	return 0;
+}
+
+/* Sell @sell[i] of each item of @h, release the rest; record it all in @c. */
+static void
+settle_hold(struct local *l, struct hold *h, const uint64_t *sell, struct commit *c)
+{
+	struct checkout_book *b = l->co;
+	struct checkout_item back[CHECKOUT_ITEMS_MAX];
+	size_t nb = 0;
+
+	h->nconf = 0;
+	for (size_t i = 0; i < h->n; i++) {
+		struct stock_counter *ctr = local_counter(l, h->items[i].sku);
+		uint64_t rel = h->items[i].quantity - sell[i];
+
+		if (ctr == NULL) /* its SKU was retired: the units went with it */
+			continue;
+		if (sell[i] > 0) {
+			ASSERT(stock_counter_commit(ctr, sell[i]) == 0);
+			h->conf[h->nconf] = h->items[i];
+			h->conf[h->nconf++].quantity = sell[i];
+		}
+		if (rel > 0) {
+			ASSERT(stock_counter_release(ctr, rel) == 0);
+			back[nb] = h->items[i];
+			back[nb++].quantity = rel;
+		}
+		commit_sku(l, c, ctr, h->items[i].sku);
+	}
+	buyer_add(b, c, h->buyer, back, nb, false);
+}
+
+/* The refusal for a hold that is not held (or is being paid for). */
+static int
+not_held(const struct hold *h, struct checkout_view *out)
+{
+	view_hold(h, out);
+	return STOCK_ECONFLICT;
+}
+
+/* Give up a paid-for confirm: clear paying, arm the expiry again (due at once if passed). */
+static void
+unpay(struct checkout_book *b, struct hold *h)
+{
+	h->paying = false;
+	(void)stock_wheel_cancel(&b->wheel, &h->timer);
+	arm(b, &h->timer, h->expires_at_ms);
+}
+
+int
+checkout_local_confirm(inventory_t *inv, const char *id, size_t len,
+    const struct checkout_req *part, checkout_pay_fn pay, void *pay_arg, struct idem_answer *ans,
+    struct checkout_view *out)
+{
+	struct pending pend = { .queued = false };
+	struct local *l = to_local(inv);
+	struct checkout_book *b = l->co;
+	uint64_t sell[CHECKOUT_ITEMS_MAX];
+	struct stock_table_section sec;
+	struct durable_pass pass;
+	struct commit c = { 0 };
+	struct hold *h;
+	int rc;
+
+	memset(out, 0, sizeof *out);
+	out->refused = -1;
+	pthread_mutex_lock(&b->mu);
+	if ((h = hold_find(b, id, len)) == NULL) {
+		pthread_mutex_unlock(&b->mu);
+		return STOCK_ENOENT;
+	}
+	if (h->status == HOLD_CONFIRMED) { /* the same answer again */
+		view_hold(h, out);
+		pthread_mutex_unlock(&b->mu);
+		return 0;
+	}
+	if (h->status != HOLD_HELD || h->paying) {
+		rc = not_held(h, out);
+		pthread_mutex_unlock(&b->mu);
+		return rc;
+	}
+	if ((rc = confirm_amounts(h, part, sell)) != 0) {
+		pthread_mutex_unlock(&b->mu);
+		return rc;
+	}
+	if (pay != NULL) {
+		/* Paying: no expiry, cancel or second confirm until the sale is
+		   committed or given up. The hold outlives the call: only the
+		   expiry thread frees holds, and only finished ones. The charge
+		   is for what this confirm sells. */
+		h->paying = true;
+		view_hold(h, out);
+		out->n = 0;
+		for (size_t i = 0; i < h->n; i++)
+			if (sell[i] > 0) {
+				out->items[out->n] = h->items[i];
+				out->items[out->n++].quantity = sell[i];
+			}
+		pthread_mutex_unlock(&b->mu);
+		rc = pay(out, pay_arg);
+		if (rc != 0) {
+			pthread_mutex_lock(&b->mu);
+			unpay(b, h);
+			view_hold(h, out);
+			out->pay_failed = true;
+			pthread_mutex_unlock(&b->mu);
+			return rc;
+		}
+	} else {
+		pthread_mutex_unlock(&b->mu);
+	}
+	/* Paid (or no payment): now sell, durably. */
+	if ((rc = durable_enter(&l->guard, &pass)) != 0) {
+		if (pay != NULL) { /* paid, not sold: a retry charges again with the same key */
+			pthread_mutex_lock(&b->mu);
+			unpay(b, h);
+			pthread_mutex_unlock(&b->mu);
+		}
+		return rc;
+	}
+	if (stock_table_read_begin(l->many, &sec) != 0) {
+		durable_leave(&l->guard, &pass, false);
+		if (pay != NULL) {
+			pthread_mutex_lock(&b->mu);
+			unpay(b, h);
+			pthread_mutex_unlock(&b->mu);
+		}
+		return STOCK_ENOMEM;
+	}
+	pthread_mutex_lock(&b->mu);
+	if (pay == NULL && (h->status != HOLD_HELD || h->paying)) { /* a racing confirm won */
+		rc = h->status == HOLD_CONFIRMED ? (view_hold(h, out), 0) : not_held(h, out);
+		pthread_mutex_unlock(&b->mu);
+		stock_table_read_end(l->many, &sec);
+		durable_leave(&l->guard, &pass, false);
+		return rc;
+	}
+	ASSERT(h->status == HOLD_HELD && h->paying == (pay != NULL)); /* ours while paying */
+	h->paying = false;
+	settle_hold(l, h, sell, &c);
+	hold_finish(b, h, HOLD_CONFIRMED);
+	commit_hold(b, &c, h);
+	view_hold(h, out);
+	if ((rc = answer_record(l, &c, ans, out)) == 0)
+		rc = commit_queue(l, &c, &pend);
+	commit_free(&c);
+	/* A refused queue (full, closing) leaves the sale in memory without its
+	   records (docs/internals/checkout.md "A refused commit"). */
+	stock_stat_inc(&b->confirms);
+	pthread_mutex_unlock(&b->mu);
+	stock_table_read_end(l->many, &sec);
+	return settle(l, &pass, rc, &pend);
+}
+
+int
+checkout_local_cancel(inventory_t *inv, const char *id, size_t len, struct idem_answer *ans,
+    struct checkout_view *out)
+{
+	struct pending pend = { .queued = false };
+	struct local *l = to_local(inv);
+	struct checkout_book *b = l->co;
+	uint64_t sell[CHECKOUT_ITEMS_MAX] = { 0 };
+	struct stock_table_section sec;
+	struct durable_pass pass;
+	struct commit c = { 0 };
+	struct hold *h;
+	int rc;
+
+	memset(out, 0, sizeof *out);
+	out->refused = -1;
+	if ((rc = durable_enter(&l->guard, &pass)) != 0)
+		return rc;
+	if (stock_table_read_begin(l->many, &sec) != 0) {
+		durable_leave(&l->guard, &pass, false);
+		return STOCK_ENOMEM;
+	}
+	pthread_mutex_lock(&b->mu);
+	h = hold_find(b, id, len);
+	if (h == NULL || h->status != HOLD_HELD || h->paying) {
+		rc = h == NULL ? STOCK_ENOENT : h->status == HOLD_CANCELLED ? (view_hold(h, out), 0) :
+		    not_held(h, out);
+		pthread_mutex_unlock(&b->mu);
+		stock_table_read_end(l->many, &sec);
+		durable_leave(&l->guard, &pass, false);
+		return rc;
+	}
+	settle_hold(l, h, sell, &c);
+	hold_finish(b, h, HOLD_CANCELLED);
+	commit_hold(b, &c, h);
+	view_hold(h, out);
+	if ((rc = answer_record(l, &c, ans, out)) == 0)
+		rc = commit_queue(l, &c, &pend);
+	commit_free(&c);
+	stock_stat_inc(&b->cancels);
+	pthread_mutex_unlock(&b->mu);
+	stock_table_read_end(l->many, &sec);
+	return settle(l, &pass, rc, &pend);
+}
+
+/* ---- orders and buys --------------------------------------------------------- */
+
+/*
+ * A sale whose commit the journal refused (nothing queued): take it back
+ * in memory - the units, the buyer counts, the key's answer - as if it had
+ * not happened. Under the lock and the section.
+ */
+static void
+undo_sale(struct local *l, struct stock_counter **ctr, const struct checkout_req *req,
+    struct idem_answer *ans)
+{
+	struct checkout_book *b = l->co;
+	struct commit undo = { 0 };
+
+	for (size_t i = 0; i < req->n; i++)
+		ASSERT(stock_counter_put(ctr[i], req->items[i].quantity) == 0);
+	buyer_add(b, &undo, req->buyer, req->items, req->n, false);
+	commit_free(&undo);
+	if (ans != NULL) {
+		struct idem *e = idem_find(b, ans->key, ans->key_len);
+
+		if (e != NULL && e->done) { /* back in flight: the caller aborts it */
+			(void)stock_wheel_cancel(&b->wheel, &e->timer);
+			free(e->body);
+			e->body = NULL;
+			e->done = false;
+		}
+	}
+}
+
+int
+checkout_local_order(inventory_t *inv, const struct checkout_req *req, struct idem_answer *ans,
+    struct checkout_view *out)
+{
+	struct pending pend = { .queued = false };
+	struct local *l = to_local(inv);
+	struct checkout_book *b = l->co;
+	struct stock_counter *ctr[CHECKOUT_ITEMS_MAX];
+	struct stock_table_section sec;
+	struct durable_pass pass;
+	struct commit c = { 0 };
+	int rc;
+
+	memset(out, 0, sizeof *out);
+	out->refused = -1;
+	if ((rc = durable_enter(&l->guard, &pass)) != 0)
+		return rc;
+	if (stock_table_read_begin(l->many, &sec) != 0) {
+		durable_leave(&l->guard, &pass, false);
+		return STOCK_ENOMEM;
+	}
+	pthread_mutex_lock(&b->mu);
+	/* Reserve every item, then commit every item: all or nothing, and no
+	   one ever sees a partial order as sold. */
+	if ((rc = reserve_all(l, req, ctr, out)) != 0) {
+		pthread_mutex_unlock(&b->mu);
+		stock_table_read_end(l->many, &sec);
+		durable_leave(&l->guard, &pass, false);
+		return rc;
+	}
+	for (size_t i = 0; i < req->n; i++) {
+		ASSERT(stock_counter_commit(ctr[i], req->items[i].quantity) == 0);
+		commit_sku(l, &c, ctr[i], req->items[i].sku);
+	}
+	buyer_add(b, &c, req->buyer, req->items, req->n, true);
+	new_id(out->id, 'o');
+	out->status = HOLD_CONFIRMED;
+	out->n = req->n;
+	memcpy(out->items, req->items, req->n * sizeof req->items[0]);
+	if (req->buyer != NULL)
+		snprintf(out->buyer, sizeof out->buyer, "%s", req->buyer);
+	if ((rc = answer_record(l, &c, ans, out)) == 0)
+		rc = commit_queue(l, &c, &pend);
+	commit_free(&c);
+	if (rc != 0)
+		undo_sale(l, ctr, req, ans);
+	else
+		stock_stat_inc(&b->orders);
+	pthread_mutex_unlock(&b->mu);
+	stock_table_read_end(l->many, &sec);
+	return settle(l, &pass, rc, &pend);
+}
+
+int
+checkout_local_buy_as(inventory_t *inv, const char *sku, uint64_t n, const char *buyer,
+    struct idem_answer *ans, struct checkout_view *out)
+{
+	struct pending pend = { .queued = false };
+	struct local *l = to_local(inv);
+	struct checkout_book *b = l->co;
+	struct checkout_req req = { .n = 1, .buyer = buyer };
+	bool durable = local_durable_sku(sku);
+	struct stock_counter *ctr;
+	struct stock_table_section sec;
+	struct durable_pass pass;
+	struct commit c = { 0 };
+	int rc;
+
+	memset(out, 0, sizeof *out);
+	out->refused = -1;
+	snprintf(req.items[0].sku, sizeof req.items[0].sku, "%s", sku);
+	req.items[0].quantity = n;
+	if (durable && (rc = durable_enter(&l->guard, &pass)) != 0)
+		return rc;
+	if (stock_table_read_begin(l->many, &sec) != 0) {
+		if (durable)
+			durable_leave(&l->guard, &pass, false);
+		return STOCK_ENOMEM;
+	}
+	pthread_mutex_lock(&b->mu);
+	if ((rc = reserve_all(l, &req, &ctr, out)) == 0) {
+		ASSERT(stock_counter_commit(ctr, n) == 0);
+		commit_sku(l, &c, ctr, sku);
+		out->level.remaining = c.docs[0].stock;
+		out->level.held = c.docs[0].held;
+		out->level.sold = c.docs[0].sold;
+		out->level.version = c.docs[0].version;
+		buyer_add(b, &c, buyer, req.items, 1, true);
+		/* A cache SKU's records are write-behind: no ticket, since nobody
+		   waits for one (a queued ticket must be waited for: the flusher
+		   writes into it). */
+		if ((rc = answer_record(l, &c, ans, out)) == 0)
+			rc = commit_queue(l, &c, durable ? &pend : NULL);
+		commit_free(&c);
+		if (rc != 0 && !durable)
+			rc = 0; /* write-behind, as any cache buy: the next record carries it */
+		else if (rc != 0)
+			undo_sale(l, &ctr, &req, ans);
+	}
+	pthread_mutex_unlock(&b->mu);
+	stock_table_read_end(l->many, &sec);
+	if (!durable)
+		return rc;
+	if (rc == STOCK_ESOLDOUT || rc == STOCK_ENOENT) {
+		durable_leave(&l->guard, &pass, false);
+		return rc;
+	}
+	return settle(l, &pass, rc, &pend);
+}
+
+/* ---- the catalog at run time ------------------------------------------------------ */
+
+static struct retired *
+retired_find(struct checkout_book *b, const char *sku)
+{
+	struct smap_node *x = smap_get(&b->retired, sku, strlen(sku));
+
+	return x == NULL ? NULL : (struct retired *)((char *)x - offsetof(struct retired, node));
+}
+
+int
+checkout_local_sku_create(inventory_t *inv, const char *sku, uint64_t remaining,
+    struct idem_answer *ans, struct checkout_view *out)
+{
+	struct pending pend = { .queued = false };
+	struct local *l = to_local(inv);
+	struct checkout_book *b = l->co;
+	struct stock_table_section sec;
+	struct commit c = { 0 };
+	struct stock_counter *ctr;
+	struct retired *r;
+	size_t len = strlen(sku);
+	int rc;
+
+	memset(out, 0, sizeof *out);
+	out->refused = -1;
+	if (catalog_is_one(sku))
+		return STOCK_EEXIST; /* the OneStock documents are fixed */
+	if (stock_table_read_begin(l->many, &sec) != 0)
+		return STOCK_ENOMEM;
+	pthread_mutex_lock(&b->mu);
+	r = retired_find(b, sku);
+	ctr = stock_table_lookup(l->many, sku, len);
+	if (ctr != NULL && r == NULL) {
+		rc = STOCK_EEXIST;
+	} else if (ctr != NULL) { /* a retired SKU opens again with new stock */
+		rc = stock_counter_set(ctr, remaining);
+	} else {
+		rc = stock_table_insert(l->many, sku, len, remaining);
+		ctr = rc == 0 ? stock_table_lookup(l->many, sku, len) : NULL;
+		ASSERT(rc != 0 || ctr != NULL);
+	}
+	if (rc == 0) {
+		commit_sku(l, &c, ctr, sku);
+		out->level.remaining = c.docs[0].stock;
+		out->level.held = c.docs[0].held;
+		out->level.sold = c.docs[0].sold;
+		out->level.version = c.docs[0].version;
+		if (r != NULL) {
+			smap_del(&b->retired, &r->node);
+			free(r);
+			commit_kv(&c, "retired/", sku, len, next_version(b), NULL);
+		}
+		if ((rc = answer_record(l, &c, ans, out)) == 0)
+			rc = commit_queue(l, &c, &pend);
+		commit_free(&c);
+	}
+	pthread_mutex_unlock(&b->mu);
+	stock_table_read_end(l->many, &sec);
+	if (rc == 0)
+		rc = durable_wait(&pend, rc);
+	if (rc == 0)
+		log_info("admin", "%s created with %" PRIu64 " units", sku, remaining);
+	return rc;
+}
+
+struct retire_ctx {
+	struct local *l;
+	const char *sku;
+	struct commit *c;
+	unsigned released;
+};
+
+static int
+retire_hold(struct smap_node *n, void *arg)
+{
+	struct retire_ctx *x = arg;
+	struct hold *h = (struct hold *)((char *)n - offsetof(struct hold, node));
+	uint64_t none[CHECKOUT_ITEMS_MAX] = { 0 };
+
+	if (h->status != HOLD_HELD || h->paying)
+		return 0;
+	for (size_t i = 0; i < h->n; i++)
+		if (strcmp(h->items[i].sku, x->sku) == 0) {
+			/* The commit has room for one hold: the caller loops. */
+			if (x->released > 0)
+				return 1;
+			settle_hold(x->l, h, none, x->c);
+			hold_finish(x->l->co, h, HOLD_CANCELLED);
+			commit_hold(x->l->co, x->c, h);
+			x->released++;
+			return 0;
+		}
+	return 0;
+}
+
+int
+checkout_local_sku_retire(inventory_t *inv, const char *sku, struct idem_answer *ans,
+    struct checkout_view *out)
+{
+	struct pending pend = { .queued = false };
+	struct local *l = to_local(inv);
+	struct checkout_book *b = l->co;
+	struct stock_table_section sec;
+	struct stock_counter *ctr;
+	struct retired *r = NULL;
+	unsigned holds = 0;
+	bson_t *v;
+	int rc = 0, more;
+
+	memset(out, 0, sizeof *out);
+	out->refused = -1;
+	if (catalog_is_one(sku))
+		return STOCK_EEXIST;
+	if (stock_table_read_begin(l->many, &sec) != 0)
+		return STOCK_ENOMEM;
+	pthread_mutex_lock(&b->mu);
+	if ((ctr = stock_table_lookup(l->many, sku, strlen(sku))) == NULL) {
+		rc = STOCK_ENOENT;
+		goto out;
+	}
+	if (retired_find(b, sku) == NULL) {
+		if ((r = calloc(1, sizeof *r)) == NULL) {
+			rc = STOCK_ENOMEM;
+			goto out;
+		}
+		snprintf(r->sku, sizeof r->sku, "%s", sku);
+		r->node.key = r->sku;
+		r->node.key_len = strlen(r->sku);
+	}
+	/* Release its live holds, one commit each (each hold's records are
+	   its own unit), then the SKU itself, at 0, and the marker. */
+	do {
+		struct commit c = { 0 };
+		struct retire_ctx x = { l, sku, &c, 0 };
+
+		more = smap_foreach(&b->holds, retire_hold, &x);
+		holds += x.released;
+		if ((rc = commit_queue(l, &c, NULL)) != 0)
+			goto out;
+	} while (more);
+	{
+		struct commit c = { 0 };
+
+		ASSERT(stock_counter_set(ctr, 0) == 0);
+		commit_sku(l, &c, ctr, sku);
+		out->level.remaining = c.docs[0].stock;
+		out->level.held = c.docs[0].held;
+		out->level.sold = c.docs[0].sold;
+		out->level.version = c.docs[0].version;
+		v = bson_new();
+		bson_append_int64(v, "at", 2, util_wall_ms());
+		commit_kv(&c, "retired/", sku, strlen(sku), next_version(b), v);
+		if ((rc = answer_record(l, &c, ans, out)) == 0)
+			rc = commit_queue(l, &c, &pend);
+		commit_free(&c);
+	}
+	if (rc == 0 && r != NULL) {
+		(void)smap_put(&b->retired, &r->node);
+		r = NULL;
+	}
+out:
+	pthread_mutex_unlock(&b->mu);
+	stock_table_read_end(l->many, &sec);
+	free(r);
+	if (rc == 0)
+		rc = durable_wait(&pend, rc);
+	if (rc == 0)
+		log_info("admin", "%s retired (%u live holds released)", sku, holds);
+	return rc;
+}
+
+int
+checkout_local_adjust_as(inventory_t *inv, const char *sku, bool absolute, uint64_t n,
+    struct idem_answer *ans, struct checkout_view *out)
+{
+	struct pending pend = { .queued = false };
+	struct local *l = to_local(inv);
+	struct checkout_book *b = l->co;
+	struct stock_table_section sec;
+	struct commit c = { 0 };
+	struct stock_counter *ctr;
+	int rc;
+
+	memset(out, 0, sizeof *out);
+	out->refused = -1;
+	if (stock_table_read_begin(l->many, &sec) != 0)
+		return STOCK_ENOMEM;
+	pthread_mutex_lock(&b->mu);
+	if ((ctr = local_counter(l, sku)) == NULL) {
+		rc = STOCK_ENOENT;
+	} else if ((rc = absolute ? stock_counter_set(ctr, n) : stock_counter_restock(ctr, n)) == 0) {
+		commit_sku(l, &c, ctr, sku);
+		out->level.remaining = c.docs[0].stock;
+		out->level.held = c.docs[0].held;
+		out->level.sold = c.docs[0].sold;
+		out->level.version = c.docs[0].version;
+		if ((rc = answer_record(l, &c, ans, out)) == 0)
+			rc = commit_queue(l, &c, &pend);
+		commit_free(&c);
+	}
+	pthread_mutex_unlock(&b->mu);
+	stock_table_read_end(l->many, &sec);
+	if (rc == 0)
+		rc = durable_wait(&pend, rc);
+	if (rc == 0)
+		log_info("admin", "%s %s %" PRIu64, sku, absolute ? "corrected to remaining" : "restocked by",
+		    n);
+	return rc == STOCK_EBUSY ? STOCK_ESYS : rc;
+}
+
+/* ---- idempotency -------------------------------------------------------------- */
+
+enum idem_state
+checkout_local_idem_begin(inventory_t *inv, const char *key, size_t klen, const char *req,
+    size_t rlen, int *status, struct buf *body)
+{
+	struct local *l = to_local(inv);
+	struct checkout_book *b = l->co;
+	struct idem *e;
+
+	ASSERT(klen >= 1 && klen <= IDEM_KEY_MAX);
+	pthread_mutex_lock(&b->mu);
+	if ((e = idem_find(b, key, klen)) != NULL) {
+		enum idem_state st = !e->done ? IDEM_IN_FLIGHT :
+		    e->req_len != rlen || memcmp(e->req, req, rlen) != 0 ? IDEM_MISMATCH : IDEM_REPLAY;
+
+		if (st == IDEM_REPLAY) {
+			*status = e->status;
+			buf_append(body, e->body, e->body_len);
+			stock_stat_inc(&b->replays);
+		}
+		pthread_mutex_unlock(&b->mu);
+		/* Replay only what is on disk (its commit may still be queued). */
+		if (st == IDEM_REPLAY && store_sync(l->store) != 0) {
+			buf_free(body);
+			return IDEM_IN_FLIGHT;
+		}
+		return st;
+	}
+	if ((e = calloc(1, sizeof *e)) == NULL || (e->req = malloc(rlen + 1)) == NULL) {
+		free(e);
+		pthread_mutex_unlock(&b->mu);
+		return IDEM_IN_FLIGHT; /* out of memory: refuse, retry later */
+	}
+	e->kind = OBJ_IDEM;
+	memcpy(e->key, key, klen);
+	e->key_len = klen;
+	e->node.key = e->key;
+	e->node.key_len = klen;
+	memcpy(e->req, req, rlen);
+	e->req_len = rlen;
+	stock_wheel_timer_init(&e->timer, e);
+	(void)smap_put(&b->idems, &e->node);
+	pthread_mutex_unlock(&b->mu);
+	return IDEM_NEW;
+}
+
+static void
+idem_free(struct idem *e)
+{
+	free(e->req);
+	free(e->body);
+	free(e);
+}
+
+int
+checkout_local_idem_finish(inventory_t *inv, const char *key, size_t klen, int status,
+    const char *body, size_t blen)
+{
+	struct local *l = to_local(inv);
+	struct checkout_book *b = l->co;
+	struct commit c = { 0 };
+	struct idem *e;
+	int rc;
+
+	pthread_mutex_lock(&b->mu);
+	e = idem_find(b, key, klen);
+	ASSERT(e != NULL && !e->done);
+	if ((e->body = malloc(blen + 1)) == NULL) {
+		smap_del(&b->idems, &e->node);
+		pthread_mutex_unlock(&b->mu);
+		idem_free(e);
+		return STOCK_ENOMEM;
+	}
+	memcpy(e->body, body, blen);
+	e->body_len = blen;
+	e->status = status;
+	e->done = true;
+	e->at_ms = util_wall_ms();
+	e->version = next_version(b);
+	commit_kv(&c, "idem/", e->key, e->key_len, e->version, idem_value(e));
+	arm(b, &e->timer, e->at_ms + (int64_t)b->ttl_ms);
+	{
+		struct pending pend;
+
+		rc = commit_queue(l, &c, &pend);
+		pthread_mutex_unlock(&b->mu);
+		return durable_wait(&pend, rc);
+	}
+}
+
+void
+checkout_local_idem_abort(inventory_t *inv, const char *key, size_t klen)
+{
+	struct checkout_book *b = to_local(inv)->co;
+	struct idem *e;
+
+	pthread_mutex_lock(&b->mu);
+	e = idem_find(b, key, klen);
+	if (e != NULL && !e->done)
+		smap_del(&b->idems, &e->node);
+	else
+		e = NULL;
+	pthread_mutex_unlock(&b->mu);
+	if (e != NULL)
+		idem_free(e);
+}
+
+/* ---- expiry ------------------------------------------------------------------ */
+
+/* A hold's deadline passed (or its retention ended); under the lock. */
+static void
+hold_timer(struct local *l, struct hold *h, struct commit *c)
+{
+	struct checkout_book *b = l->co;
+
+	if (h->status != HOLD_HELD) {
+		if (h->done_at_ms + (int64_t)b->retain_ms > util_wall_ms()) {
+			arm(b, &h->timer, h->done_at_ms + (int64_t)b->retain_ms); /* finished meanwhile */
+			return;
+		}
+		smap_del(&b->holds, &h->node);
+		commit_kv(c, "hold/", h->id, CHECKOUT_ID_LEN, next_version(b), NULL);
+		free(h);
+		return;
+	}
+	if (h->paying)
+		return; /* confirm re-arms it if the payment fails */
+	if (h->expires_at_ms > util_wall_ms()) {
+		arm(b, &h->timer, h->expires_at_ms); /* woke early: wall clock stepped */
+		return;
+	}
+	{
+		uint64_t none[CHECKOUT_ITEMS_MAX] = { 0 };
+
+		settle_hold(l, h, none, c);
+	}
+	h->status = HOLD_EXPIRED;
+	h->done_at_ms = util_wall_ms();
+	arm(b, &h->timer, h->done_at_ms + (int64_t)b->retain_ms);
+	commit_hold(b, c, h);
+	stock_stat_inc(&b->expiries);
+}
+
+static void
+idem_timer(struct local *l, struct idem *e, struct commit *c)
+{
+	struct checkout_book *b = l->co;
+
+	smap_del(&b->idems, &e->node);
+	commit_kv(c, "idem/", e->key, e->key_len, next_version(b), NULL);
+	idem_free(e);
+}
+
+static void *
+expiry_main(void *arg)
+{
+	struct local *l = arg;
+	struct checkout_book *b = l->co;
+
+	for (;;) {
+		struct stock_wheel_timer *due[64];
+		struct timespec dl;
+		size_t n;
+
+		stock_deadline_in(&dl, POLL_MS);
+		if (stock_latch_wait(&b->stop, &dl) == 0)
+			return NULL;
+		for (;;) {
+			struct stock_table_section sec;
+
+			if (stock_table_read_begin(l->many, &sec) != 0)
+				break;
+			/* Poll under the lock: outside it every timer is armed or idle. */
+			pthread_mutex_lock(&b->mu);
+			n = stock_wheel_poll(&b->wheel, stock_now_ns(), due, 64);
+			for (size_t i = 0; i < n; i++) {
+				struct commit c = { 0 };
+				int kind = *(int *)due[i]->arg;
+
+				if (kind == OBJ_HOLD)
+					hold_timer(l, due[i]->arg, &c);
+				else
+					idem_timer(l, due[i]->arg, &c);
+				if (commit_queue(l, &c, NULL) != 0)
+					log_warn("checkout", "an expiry record was refused by the journal "
+					    "(its state is written with the next change, or recovered as expired)");
+			}
+			pthread_mutex_unlock(&b->mu);
+			stock_table_read_end(l->many, &sec);
+			if (n < 64)
+				break;
+		}
+	}
+}
+
+/* ---- recovery ------------------------------------------------------------------ */
+
+static bool
+read_items(bson_iter_t *it, struct checkout_item *out, size_t *n)
+{
+	bson_iter_t arr;
+
+	*n = 0;
+	if (!BSON_ITER_HOLDS_ARRAY(it) || !bson_iter_recurse(it, &arr))
+		return false;
+	while (bson_iter_next(&arr)) {
+		bson_iter_t el;
+		bool have_sku = false, have_q = false;
+
+		if (*n == CHECKOUT_ITEMS_MAX || !BSON_ITER_HOLDS_DOCUMENT(&arr) ||
+		    !bson_iter_recurse(&arr, &el))
+			return false;
+		while (bson_iter_next(&el)) {
+			const char *k = bson_iter_key(&el);
+			uint32_t len;
+
+			if (strcmp(k, "sku") == 0 && BSON_ITER_HOLDS_UTF8(&el)) {
+				const char *s = bson_iter_utf8(&el, &len);
+				if (!stock_sku_valid(s, len))
+					return false;
+				memcpy(out[*n].sku, s, len);
+				out[*n].sku[len] = '\0';
+				have_sku = true;
+			} else if (strcmp(k, "q") == 0 &&
+			    doc_iter_count(&el, STOCK_COUNT_MAX, &out[*n].quantity) &&
+			    out[*n].quantity > 0) {
+				have_q = true;
+			} else {
+				return false;
+			}
+		}
+		if (!have_sku || !have_q)
+			return false;
+		(*n)++;
+	}
+	return *n > 0;
+}
+
+static bool
+read_str(bson_iter_t *it, char *out, size_t cap)
+{
+	uint32_t len;
+	const char *s;
+
+	if (!BSON_ITER_HOLDS_UTF8(it))
+		return false;
+	s = bson_iter_utf8(it, &len);
+	if (len >= cap || memchr(s, '\0', len) != NULL)
+		return false;
+	memcpy(out, s, len);
+	out[len] = '\0';
+	return true;
+}
+
+/* A hold record back in memory: a live one reserves its units again. */
+static int
+load_hold(struct local *l, const char *id, size_t idlen, uint64_t version, const uint8_t *val,
+    size_t vlen, int64_t now)
+{
+	struct checkout_book *b = l->co;
+	char status[16] = "";
+	struct commit c = { 0 };
+	bson_iter_t it;
+	struct hold *h, *full;
+	bson_t v;
+
+	/* Parsed into a hold with room for the most items, then moved into
+	   one sized for what it holds. */
+	if (idlen != CHECKOUT_ID_LEN || !bson_init_static(&v, val, vlen) || !bson_iter_init(&it, &v) ||
+	    (h = hold_alloc(CHECKOUT_ITEMS_MAX, CHECKOUT_ITEMS_MAX)) == NULL)
+		return -1;
+	h->kind = OBJ_HOLD;
+	memcpy(h->id, id, idlen);
+	h->version = version;
+	while (bson_iter_next(&it)) {
+		const char *k = bson_iter_key(&it);
+		int64_t x;
+		bool ok = false;
+
+		if (strcmp(k, "status") == 0)
+			ok = read_str(&it, status, sizeof status);
+		else if (strcmp(k, "expires_at") == 0 && doc_iter_int64(&it, &x))
+			ok = (h->expires_at_ms = x, true);
+		else if (strcmp(k, "done_at") == 0 && doc_iter_int64(&it, &x))
+			ok = (h->done_at_ms = x, true);
+		else if (strcmp(k, "buyer") == 0)
+			ok = read_str(&it, h->buyer, sizeof h->buyer);
+		else if (strcmp(k, "items") == 0)
+			ok = read_items(&it, h->items, &h->n);
+		else if (strcmp(k, "confirmed") == 0)
+			ok = read_items(&it, h->conf, &h->nconf);
+		if (!ok) {
+			free(h);
+			return -1;
+		}
+	}
+	if (h->n == 0) {
+		free(h);
+		return -1;
+	}
+	h->status = strcmp(status, "held") == 0 ? HOLD_HELD :
+	    strcmp(status, "confirmed") == 0 ? HOLD_CONFIRMED :
+	    strcmp(status, "cancelled") == 0 ? HOLD_CANCELLED : HOLD_EXPIRED;
+	if (strcmp(status, hold_status_name(h->status)) != 0) {
+		free(h);
+		return -1;
+	}
+	full = h;
+	if ((h = hold_alloc(full->n, full->nconf > full->n ? full->nconf : full->n)) == NULL) {
+		free(full);
+		return -1;
+	}
+	{
+		struct checkout_item *items = h->items, *conf = h->conf;
+
+		*h = *full;
+		h->items = items;
+		h->conf = conf;
+		memcpy(h->items, full->items, full->n * sizeof full->items[0]);
+		memcpy(h->conf, full->conf, full->nconf * sizeof full->conf[0]);
+		free(full);
+	}
+	h->node.key = h->id;
+	h->node.key_len = CHECKOUT_ID_LEN;
+	stock_wheel_timer_init(&h->timer, h);
+	if (h->status == HOLD_HELD) {
+		for (size_t i = 0; i < h->n; i++) {
+			struct stock_counter *ctr = local_counter(l, h->items[i].sku);
+
+			if (ctr == NULL || stock_counter_reserve(ctr, h->items[i].quantity) != 0) {
+				/* Its units are not there: the state it was reserved from
+				   was not durable. Expire it, give back what was taken. */
+				log_warn("checkout", "hold %s: %s has no %" PRIu64 " units to hold again: "
+				    "expired", h->id, h->items[i].sku, h->items[i].quantity);
+				while (i-- > 0)
+					ASSERT(stock_counter_release(local_counter(l, h->items[i].sku),
+					    h->items[i].quantity) == 0);
+				h->status = HOLD_EXPIRED;
+				h->done_at_ms = now;
+				commit_hold(b, &c, h);
+				(void)commit_queue(l, &c, NULL);
+				break;
+			}
+		}
+	}
+	(void)smap_put(&b->holds, &h->node);
+	/* Expired while we were down: the expiry thread releases it at once. */
+	arm(b, &h->timer, h->status == HOLD_HELD ? h->expires_at_ms : h->done_at_ms + (int64_t)b->retain_ms);
+	return 0;
+}
+
+static int
+load_idem(struct local *l, const char *key, size_t klen, uint64_t version, const uint8_t *val,
+    size_t vlen)
+{
+	struct checkout_book *b = l->co;
+	bson_iter_t it;
+	struct idem *e;
+	bson_t v;
+	unsigned seen = 0;
+
+	if (klen < 1 || klen > IDEM_KEY_MAX || !bson_init_static(&v, val, vlen) ||
+	    !bson_iter_init(&it, &v) || (e = calloc(1, sizeof *e)) == NULL)
+		return -1;
+	e->kind = OBJ_IDEM;
+	memcpy(e->key, key, klen);
+	e->key_len = klen;
+	e->version = version;
+	e->done = true;
+	while (bson_iter_next(&it)) {
+		const char *k = bson_iter_key(&it);
+		const uint8_t *bin;
+		uint32_t blen;
+		bson_subtype_t sub;
+		int64_t x;
+
+		if ((strcmp(k, "req") == 0 || strcmp(k, "body") == 0) && BSON_ITER_HOLDS_BINARY(&it)) {
+			char **dst = k[0] == 'r' ? &e->req : &e->body;
+			bson_iter_binary(&it, &sub, &blen, &bin);
+			if (*dst != NULL || (*dst = malloc(blen + 1)) == NULL)
+				goto bad;
+			memcpy(*dst, bin, blen);
+			*(k[0] == 'r' ? &e->req_len : &e->body_len) = blen;
+			seen |= k[0] == 'r' ? 1 : 2;
+		} else if (strcmp(k, "status") == 0 && BSON_ITER_HOLDS_INT32(&it)) {
+			e->status = bson_iter_int32(&it);
+			seen |= 4;
+		} else if (strcmp(k, "at") == 0 && doc_iter_int64(&it, &x)) {
+			e->at_ms = x;
+			seen |= 8;
+		} else {
+			goto bad;
+		}
+	}
+	if (seen != 15 || e->status < 100 || e->status > 599)
+		goto bad;
+	e->node.key = e->key;
+	e->node.key_len = klen;
+	stock_wheel_timer_init(&e->timer, e);
+	(void)smap_put(&b->idems, &e->node);
+	arm(b, &e->timer, e->at_ms + (int64_t)b->ttl_ms);
+	return 0;
+bad:
+	idem_free(e);
+	return -1;
+}
+
+static int
+load_buyer(struct local *l, const char *key, size_t klen, uint64_t version, const uint8_t *val,
+    size_t vlen)
+{
+	struct checkout_book *b = l->co;
+	bson_iter_t it;
+	struct buyer *by;
+	bson_t v;
+	uint64_t count = 0;
+	bool have = false;
+
+	if (klen >= sizeof by->key || !bson_init_static(&v, val, vlen) || !bson_iter_init(&it, &v))
+		return -1;
+	while (bson_iter_next(&it))
+		if (strcmp(bson_iter_key(&it), "count") != 0 ||
+		    !doc_iter_count(&it, STOCK_COUNT_MAX, &count) || have)
+			return -1;
+		else
+			have = true;
+	if (!have || (by = calloc(1, sizeof *by)) == NULL)
+		return -1;
+	memcpy(by->key, key, klen);
+	by->key[klen] = '\0';
+	by->node.key = by->key;
+	by->node.key_len = klen;
+	by->count = count;
+	by->version = version;
+	(void)smap_put(&b->buyers, &by->node);
+	return 0;
+}
+
+static int
+load_retired(struct local *l, const char *sku, size_t len)
+{
+	struct retired *r;
+
+	if (!stock_sku_valid(sku, len) || (r = calloc(1, sizeof *r)) == NULL)
+		return -1;
+	memcpy(r->sku, sku, len);
+	r->node.key = r->sku;
+	r->node.key_len = len;
+	(void)smap_put(&l->co->retired, &r->node);
+	return 0;
+}
+
+struct load_ctx {
+	struct local *l;
+	int64_t now;
+	unsigned bad;
+};
+
+static int
+load_kv(const char *key, size_t klen, uint64_t version, const uint8_t *val, size_t vlen, void *arg)
+{
+	struct load_ctx *x = arg;
+	struct checkout_book *b = x->l->co;
+	int rc = 0;
+
+	if (version > b->seq)
+		b->seq = version;
+	if (klen > 5 && memcmp(key, "hold/", 5) == 0)
+		rc = load_hold(x->l, key + 5, klen - 5, version, val, vlen, x->now);
+	else if (klen > 5 && memcmp(key, "idem/", 5) == 0)
+		rc = load_idem(x->l, key + 5, klen - 5, version, val, vlen);
+	else if (klen > 6 && memcmp(key, "buyer/", 6) == 0)
+		rc = load_buyer(x->l, key + 6, klen - 6, version, val, vlen);
+	else if (klen > 8 && memcmp(key, "retired/", 8) == 0)
+		rc = load_retired(x->l, key + 8, klen - 8);
+	else
+		rc = -1;
+	if (rc != 0 && x->bad++ < 8)
+		log_warn("checkout", "ignoring a recovered record that does not fit: %.*s",
+		    (int)(klen > 80 ? 80 : klen), key);
+	return 0;
+}
+
+int
+checkout_local_open(struct local *l, const struct app_config *cfg)
+{
+	struct checkout_book *b;
+	struct load_ctx x = { .l = l, .now = util_wall_ms() };
+
+	if ((b = calloc(1, sizeof *b)) == NULL)
+		return STOCK_ENOMEM;
+	l->co = b;
+	pthread_mutex_init(&b->mu, NULL);
+	b->hold_ttl_ms = cfg->hold_ttl_ms;
+	b->max_hold_ms = cfg->max_hold_ms;
+	b->max_per_buyer = cfg->max_per_buyer;
+	b->ttl_ms = cfg->idem_ttl_s * 1000;
+	b->retain_ms = cfg->hold_retain_s * 1000;
+	if (smap_init(&b->holds) != 0 || smap_init(&b->idems) != 0 || smap_init(&b->buyers) != 0 ||
+	    smap_init(&b->retired) != 0 ||
+	    stock_wheel_init(&b->wheel, TICK_NS, stock_now_ns()) != 0 ||
+	    stock_latch_init(&b->stop, false) != 0 || stock_stat_init(&b->holds_made) != 0 ||
+	    stock_stat_init(&b->confirms) != 0 || stock_stat_init(&b->cancels) != 0 ||
+	    stock_stat_init(&b->expiries) != 0 || stock_stat_init(&b->orders) != 0 ||
+	    stock_stat_init(&b->replays) != 0 || stock_stat_init(&b->limits) != 0)
+		return STOCK_ENOMEM;
+	pthread_mutex_lock(&b->mu);
+	(void)store_kv_foreach(l->store, "", 0, load_kv, &x);
+	pthread_mutex_unlock(&b->mu);
+	if (smap_count(&b->holds) > 0 || smap_count(&b->idems) > 0)
+		log_info("checkout", "recovered %zu holds, %zu idempotency answers, %zu buyer counts",
+		    smap_count(&b->holds), smap_count(&b->idems), smap_count(&b->buyers));
+	if (pthread_create(&b->thread, NULL, expiry_main, l) != 0)
+		return STOCK_ESYS;
+	b->started = true;
+	return 0;
+}
+
+/* Free the object whose smap node sits @arg (a size_t *) bytes into it. */
+static int
+free_at(struct smap_node *n, void *arg)
+{
+	free((char *)n - *(const size_t *)arg);
+	return 0;
+}
+
+static int
+free_idem(struct smap_node *n, void *arg)
+{
+	(void)arg;
+	idem_free((struct idem *)((char *)n - offsetof(struct idem, node)));
+	return 0;
+}
+
+void
+checkout_local_close(struct local *l)
+{
+	struct checkout_book *b = l->co;
+
+	if (b == NULL)
+		return;
+	if (b->started) {
+		stock_latch_set(&b->stop);
+		pthread_join(b->thread, NULL);
+	}
+	size_t off_hold = offsetof(struct hold, node), off_buyer = offsetof(struct buyer, node),
+	    off_retired = offsetof(struct retired, node);
+
+	if (b->holds.buckets != NULL)
+		smap_foreach(&b->holds, free_at, &off_hold);
+	if (b->idems.buckets != NULL)
+		smap_foreach(&b->idems, free_idem, NULL);
+	if (b->buyers.buckets != NULL)
+		smap_foreach(&b->buyers, free_at, &off_buyer);
+	if (b->retired.buckets != NULL)
+		smap_foreach(&b->retired, free_at, &off_retired);
+	smap_destroy(&b->holds);
+	smap_destroy(&b->idems);
+	smap_destroy(&b->buyers);
+	smap_destroy(&b->retired);
+	stock_wheel_destroy(&b->wheel);
+	stock_latch_destroy(&b->stop);
+	stock_stat_destroy(&b->holds_made);
+	stock_stat_destroy(&b->confirms);
+	stock_stat_destroy(&b->cancels);
+	stock_stat_destroy(&b->expiries);
+	stock_stat_destroy(&b->orders);
+	stock_stat_destroy(&b->replays);
+	stock_stat_destroy(&b->limits);
+	pthread_mutex_destroy(&b->mu);
+	free(b);
+	l->co = NULL;
+}
+
+void
+checkout_local_metrics(struct local *l, struct buf *out)
+{
+	struct checkout_book *b = l->co;
+	size_t holds, idems;
+
+	if (b == NULL)
+		return;
+	pthread_mutex_lock(&b->mu);
+	holds = smap_count(&b->holds);
+	idems = smap_count(&b->idems);
+	pthread_mutex_unlock(&b->mu);
+	prom_counter_u64(out, "stock_holds_created_total", "Holds created.", stock_stat_sum(&b->holds_made));
+	prom_counter_u64(out, "stock_holds_confirmed_total", "Holds confirmed.", stock_stat_sum(&b->confirms));
+	prom_counter_u64(out, "stock_holds_cancelled_total", "Holds cancelled.", stock_stat_sum(&b->cancels));
+	prom_counter_u64(out, "stock_holds_expired_total", "Holds released by expiry.",
+	    stock_stat_sum(&b->expiries));
+	prom_counter_u64(out, "stock_orders_total", "Orders placed.", stock_stat_sum(&b->orders));
+	prom_counter_u64(out, "stock_idempotent_replays_total",
+	    "Requests answered with a stored Idempotency-Key answer.", stock_stat_sum(&b->replays));
+	prom_counter_u64(out, "stock_buyer_limit_refusals_total",
+	    "Requests refused by --max-per-buyer.", stock_stat_sum(&b->limits));
+	prom_gauge_u64(out, "stock_holds_kept", "Holds in memory (live and finished, until retention ends).",
+	    holds);
+	prom_gauge_u64(out, "stock_idempotency_keys_kept", "Idempotency-Key answers kept.", idems);
+}

@@ -1,0 +1,470 @@
+/*
+ * The cluster inventory (inventory.h, inventory_cluster_open): several
+ * instances share stock through MongoDB, the authority (mongo/).
+ *
+ * OneStock:Db is bought with a conditional update of its document, shared
+ * by the buys that arrive together (cluster/batch.c): acknowledged once
+ * MongoDB acknowledged it. Every other SKU is sold at memory speed from a
+ * lease: a block of units this instance moved out of the document's pool
+ * into its own lease (cluster/lease.c), recorded in a kill -9-safe ledger
+ * before the reply. Peeks read the lease manager's caches, which learn
+ * newer states from our own writes, from the other instances' events on
+ * Redis (cluster/bus_redis.c) and from a periodic poll.
+ * docs/internals/leases.md has the protocol and what a crash costs.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster/batch.h"
+#include "cluster/bus.h"
+#include "cluster/lease.h"
+#include "common/util.h"
+#include "common/assert.h"
+#include "config.h"
+#include "inventory/catalog.h"
+#include "inventory/inventory.h"
+#include "log.h"
+#include "mongo/mongo.h"
+
+struct cluster {
+	struct inventory base;
+	struct durable_guard guard; /* first after base: cache-line aligned members */
+	mongo_t *mongo;
+	bus_t *bus;                  /* NULL without --redis */
+	lease_mgr_t *leases;
+	struct take_batcher db;      /* OneStock:Db */
+	bool db_ready;
+	/* The bus thread delivers events from bus_open on; it may use `leases`
+	   only once `leases_ready` is set, and only inside `bus_users`, which
+	   close drains before the lease manager goes. */
+	struct stock_latch leases_ready;
+	struct stock_drain bus_users;
+	/* Every SKU of the catalog (for list) and the counters leases sell from. */
+	char (*skus)[STOCK_SKU_MAX + 1];
+	struct stock_counter *counters;
+	size_t nskus, cap, ncounters; /* counters[0..ncounters) are initialised */
+};
+
+static struct cluster *
+to_cluster(inventory_t *inv)
+{
+	return (struct cluster *)inv;
+}
+
+static void
+peek_level(const struct lease_peek *p, struct stock_level *l)
+{
+	l->remaining = p->remaining;
+	l->held = 0;
+	l->sold = p->sold;
+	l->version = p->version;
+}
+
+/*
+ * The durable buy on MongoDB. A failed round trip is never retried (it may
+ * have been applied: at worst a unit is lost, never sold twice); the breaker
+ * opens after repeated failures so buyers get a fast 503 while MongoDB is
+ * down.
+ */
+static int
+buy_db(struct cluster *c, const char *sku, uint64_t n, struct stock_level *after)
+{
+	struct durable_pass pass;
+	struct sku_doc d;
+	int rc;
+
+	/* Known sold out (until a newer state arrives): no round trip. */
+	if (lease_soldout(c->leases, sku, n))
+		return STOCK_ESOLDOUT;
+	if ((rc = durable_enter(&c->guard, &pass)) != 0)
+		return rc;
+	rc = take_batcher_take(&c->db, n, &d);
+	durable_leave(&c->guard, &pass, rc == STOCK_ESYS);
+	if (rc == 0 || rc == STOCK_ESOLDOUT)
+		lease_offer(c->leases, sku, d.stock, d.sold, d.version, true);
+	if (rc == 0) {
+		after->remaining = d.stock;
+		after->held = 0;
+		after->sold = d.sold;
+		after->version = d.version;
+	}
+	return rc;
+}
+
+static int
+cluster_buy(inventory_t *inv, const char *sku, uint64_t n, struct stock_level *after)
+{
+	struct cluster *c = to_cluster(inv);
+	const struct catalog_item *it = catalog_one_find(sku);
+	struct lease_peek p;
+	int rc;
+
+	if (it != NULL && it->durable)
+		return buy_db(c, sku, n, after);
+	rc = lease_take(c->leases, sku, n, &p);
+	if (rc == 0)
+		peek_level(&p, after);
+	return rc;
+}
+
+static int
+cluster_peek(inventory_t *inv, const char *sku, struct stock_level *out)
+{
+	struct lease_peek p;
+	int rc = lease_peek(to_cluster(inv)->leases, sku, &p);
+
+	if (rc == 0)
+		peek_level(&p, out);
+	return rc;
+}
+
+/*
+ * An operator change goes to the SKU's document (its unleased pool:
+ * `stock`); every instance sees it through the bus and its next poll.
+ */
+static int
+cluster_adjust(inventory_t *inv, const char *sku, bool absolute, uint64_t n,
+    struct stock_level *after)
+{
+	struct cluster *c = to_cluster(inv);
+	struct lease_peek p;
+	int rc;
+
+	if (lease_peek(c->leases, sku, &p) != 0)
+		return STOCK_ENOENT;
+	rc = mongo_adjust(c->mongo, sku, absolute, n, NULL);
+	if (rc == STOCK_ECONFLICT)
+		rc = STOCK_ESYS;
+	if (rc != 0)
+		return rc;
+	lease_refresh(c->leases, sku);
+	lease_peek(c->leases, sku, &p);
+	peek_level(&p, after);
+	log_info("admin", "%s %s %llu (MongoDB pool)", sku,
+	    absolute ? "pool corrected to" : "restocked by", (unsigned long long)n);
+	return 0;
+}
+
+static int
+cluster_list(inventory_t *inv, inventory_list_fn fn, void *arg)
+{
+	struct cluster *c = to_cluster(inv);
+
+	for (size_t i = 0; i < c->nskus; i++) {
+		struct stock_level l;
+		int rc;
+
+		if (cluster_peek(inv, c->skus[i], &l) != 0)
+			continue;
+		if ((rc = fn(c->skus[i], &l, arg)) != 0)
+			return rc;
+	}
+	return 0;
+}
+
+static int
+cluster_publish(inventory_t *inv)
+{
+	struct cluster *c = to_cluster(inv);
+
+	if (c->bus == NULL)
+		return STOCK_ENOENT;
+	return lease_publish_all(c->leases);
+}
+
+static bool
+cluster_healthy(inventory_t *inv)
+{
+	return mongo_healthy(to_cluster(inv)->mongo);
+}
+
+static void
+lease_metrics(struct cluster *c, struct buf *out)
+{
+	struct lease_stats ls;
+
+	lease_stats(c->leases, &ls);
+	prom_family(out, "stock_lease_ops_total", "counter",
+	    "Lease protocol round trips that applied, by kind.");
+	prom_u64(out, "stock_lease_ops_total", "op=\"grant\"", ls.grants);
+	prom_u64(out, "stock_lease_ops_total", "op=\"record\"", ls.records);
+	prom_u64(out, "stock_lease_ops_total", "op=\"return\"", ls.returns);
+	prom_u64(out, "stock_lease_ops_total", "op=\"reclaim\"", ls.reclaims);
+	prom_u64(out, "stock_lease_ops_total", "op=\"settle\"", ls.settles);
+	prom_family(out, "stock_lease_units_total", "counter", "Units moved by lease grants and returns.");
+	prom_u64(out, "stock_lease_units_total", "op=\"grant\"", ls.grant_units);
+	prom_u64(out, "stock_lease_units_total", "op=\"return\"", ls.return_units);
+	prom_counter_u64(out, "stock_lease_failures_total", "Lease protocol round trips that failed.",
+	    ls.failures);
+	prom_counter_u64(out, "stock_lease_polls_total", "Polls of every document.", ls.polls);
+	prom_counter_u64(out, "stock_peer_events_applied_total",
+	    "Newer states learnt from other instances' events.", ls.events_applied);
+	prom_counter_u64(out, "stock_soldout_fast_total",
+	    "Sold-out answers from memory: the newest known state is short (no MongoDB round trip).",
+	    ls.soldout_fast);
+	prom_counter_u64(out, "stock_lease_buyer_refills_total",
+	    "Refills a buyer waited for, its lease empty (steady state: grants arrive ahead of demand).",
+	    ls.buyer_refills);
+	prom_family(out, "stock_lease_buyer_refill_last_timestamp_seconds", "gauge",
+	    "Unix time of the last refill a buyer waited for; 0: none yet.");
+	buf_printf(out, "stock_lease_buyer_refill_last_timestamp_seconds %llu.%03llu\n",
+	    (unsigned long long)(ls.buyer_refill_last_ms / 1000),
+	    (unsigned long long)(ls.buyer_refill_last_ms % 1000));
+	prom_counter_u64(out, "stock_lease_waiters_full_total",
+	    "Buys refused with 503: the SKU's refill bulkhead (--lease-waiters) was full.", ls.busy);
+}
+
+static void
+bus_metrics(struct cluster *c, struct buf *out)
+{
+	struct bus_stats b;
+
+	bus_stats(c->bus, &b);
+	prom_family(out, "stock_bus_events_total", "counter", "Redis pub/sub stock events, by direction.");
+	prom_u64(out, "stock_bus_events_total", "dir=\"published\"", b.published);
+	prom_u64(out, "stock_bus_events_total", "dir=\"coalesced\"", b.coalesced);
+	prom_u64(out, "stock_bus_events_total", "dir=\"received\"", b.received);
+	prom_u64(out, "stock_bus_events_total", "dir=\"echo\"", b.echoes);
+	prom_u64(out, "stock_bus_events_total", "dir=\"malformed\"", b.malformed);
+	prom_counter_u64(out, "stock_bus_reconnects_total", "Successful reconnections to Redis.",
+	    b.reconnects);
+	prom_gauge_u64(out, "stock_bus_connected", "1 while both Redis connections are up.",
+	    b.connected ? 1 : 0);
+}
+
+static void
+cluster_metrics(inventory_t *inv, struct buf *out)
+{
+	struct cluster *c = to_cluster(inv);
+	struct mongo_stats ms;
+
+	durable_guard_metrics(&c->guard, out);
+	mongo_stats(c->mongo, &ms);
+	prom_counter_u64(out, "stock_mongo_round_trips_total", "MongoDB round trips.", ms.trips);
+	prom_counter_u64(out, "stock_mongo_failed_round_trips_total",
+	    "MongoDB round trips that failed or timed out.", ms.failed_trips);
+	prom_gauge_u64(out, "stock_mongo_claims", "1 when writes commit through successor claims (FerretDB).",
+	    ms.claims ? 1 : 0);
+	lease_metrics(c, out);
+	if (c->bus != NULL)
+		bus_metrics(c, out);
+}
+
+/* Also the clean-up of a failed open: every member may still be unset. */
+static void
+cluster_close(inventory_t *inv)
+{
+	struct cluster *c = to_cluster(inv);
+
+	/* The bus thread must be out of the lease manager before it goes. */
+	stock_drain_close(&c->bus_users, NULL);
+	if (c->leases != NULL)
+		lease_close(c->leases); /* records sales, returns unsold units (publishes them) */
+	if (c->bus != NULL && bus_flush(c->bus, 500) != 0)
+		log_warn("bus", "some events were not published before exit");
+	bus_close(c->bus);
+	if (c->db_ready)
+		take_batcher_destroy(&c->db);
+	mongo_close(c->mongo);
+	for (size_t i = 0; i < c->ncounters; i++)
+		stock_counter_destroy(&c->counters[i]);
+	free(c->skus);
+	free(c->counters);
+	stock_drain_destroy(&c->bus_users);
+	stock_latch_destroy(&c->leases_ready);
+	durable_guard_destroy(&c->guard);
+	free(c);
+}
+
+static const struct inventory_ops cluster_ops = {
+	.name = "mongo",
+	.buy = cluster_buy,
+	.peek = cluster_peek,
+	.adjust = cluster_adjust,
+	.list = cluster_list,
+	.publish = cluster_publish,
+	.healthy = cluster_healthy,
+	.metrics = cluster_metrics,
+	.close = cluster_close,
+};
+
+/* ---- open ------------------------------------------------------------------ */
+
+/* A stock event of another instance: newer versions refresh our caches. */
+static void
+bus_receive(const struct bus_event *ev, void *arg)
+{
+	struct cluster *c = arg;
+
+	if (stock_drain_enter(&c->bus_users) != 0)
+		return; /* closing */
+	if (stock_latch_is_set(&c->leases_ready))
+		lease_offer(c->leases, ev->key, ev->value, UINT64_MAX, ev->version, false);
+	stock_drain_leave(&c->bus_users);
+}
+
+static int
+add_sku(struct cluster *c, const char *sku)
+{
+	for (size_t i = 0; i < c->nskus; i++)
+		if (strcmp(c->skus[i], sku) == 0)
+			return 0;
+	if (c->nskus == c->cap) {
+		size_t cap = c->cap ? c->cap * 2 : 16;
+		void *s = realloc(c->skus, cap * sizeof *c->skus);
+		if (s == NULL)
+			return STOCK_ENOMEM;
+		c->skus = s;
+		if ((s = realloc(c->counters, cap * sizeof *c->counters)) == NULL)
+			return STOCK_ENOMEM;
+		c->counters = s;
+		c->cap = cap;
+	}
+	snprintf(c->skus[c->nskus], sizeof c->skus[0], "%s", sku);
+	c->nskus++;
+	return 0;
+}
+
+static int
+collect(const struct mongo_view *v, void *arg)
+{
+	struct cluster *c = arg;
+
+	if (catalog_is_one(v->doc.sku))
+		return 0; /* exactly the catalog's, added first */
+	if (!stock_sku_valid(v->doc.sku, strlen(v->doc.sku))) {
+		log_warn("catalog", "ignoring a document with an invalid SKU");
+		return 0;
+	}
+	return add_sku(c, v->doc.sku);
+}
+
+/* Seed missing documents like the seed service, then list every SKU. */
+static int
+build_catalog(struct cluster *c, uint64_t initial)
+{
+	int rc;
+
+	for (int i = 0; i < CATALOG_ONE_COUNT; i++)
+		if ((rc = mongo_seed(c->mongo, catalog_one[i].sku, initial)) != 0 ||
+		    (rc = add_sku(c, catalog_one[i].sku)) != 0)
+			return rc;
+	for (size_t i = 0; i < catalog_many_seed_count; i++)
+		if ((rc = mongo_seed(c->mongo, catalog_many_seed[i], initial)) != 0)
+			return rc;
+	if ((rc = mongo_view_all(c->mongo, collect, c)) != 0)
+		return rc;
+	for (size_t i = 0; i < c->nskus; i++) {
+		const struct catalog_item *it = catalog_one_find(c->skus[i]);
+		if (stock_counter_init(&c->counters[i], it ? it->strategy : STOCK_STRATEGY_ATOMIC, 0) != 0)
+			return STOCK_ENOMEM;
+		c->ncounters = i + 1;
+	}
+	return 0;
+}
+
+static int
+open_bus(struct cluster *c, const struct app_config *cfg)
+{
+	struct bus_options bo = { 0 };
+
+	if (cfg->redis_url[0] == '\0')
+		return 0;
+	bo.url = cfg->redis_url;
+	bo.host_id = cfg->host_id;
+	bo.one_channel = cfg->one_channel;
+	bo.many_channel = cfg->many_channel;
+	bo.receive = bus_receive;
+	bo.receive_arg = c;
+	return bus_open(&c->bus, &bo);
+}
+
+/* Leases for every SKU but the durable Db, which MongoDB sells directly. */
+static int
+open_leases(struct cluster *c, const struct app_config *cfg)
+{
+	const char **leased = calloc(c->nskus, sizeof *leased);
+	struct stock_counter **ctrs = calloc(c->nskus, sizeof *ctrs);
+	const char *plain[1] = { catalog_one[CATALOG_ONE_DB].sku };
+	struct lease_options lo = { 0 };
+	char ledger[PATH_MAX + 16];
+	size_t n = 0;
+	int rc = STOCK_ENOMEM;
+
+	if (leased == NULL || ctrs == NULL)
+		goto out;
+	for (size_t i = 0; i < c->nskus; i++) {
+		const struct catalog_item *it = catalog_one_find(c->skus[i]);
+		if (it != NULL && it->durable)
+			continue;
+		leased[n] = c->skus[i];
+		ctrs[n++] = &c->counters[i];
+	}
+	snprintf(ledger, sizeof ledger, "%s/ledger.bin", cfg->data_dir);
+	lo.mongo = c->mongo;
+	lo.bus = c->bus;
+	lo.host_id = cfg->host_id;
+	lo.ledger_path = ledger;
+	lo.block = cfg->lease_block;
+	lo.lease_ms = (unsigned)cfg->lease_ms;
+	lo.record_ms = (unsigned)cfg->record_ms;
+	lo.poll_ms = (unsigned)cfg->poll_ms;
+	lo.waiters = (unsigned)cfg->lease_waiters;
+	rc = lease_open(&c->leases, &lo, leased, ctrs, n, plain, 1);
+out:
+	free(leased);
+	free(ctrs);
+	return rc;
+}
+
+int
+inventory_cluster_open(inventory_t **out, const struct app_config *cfg)
+{
+	struct mongo_options mo = { 0 };
+	char err[512];
+	struct cluster *c;
+	int rc;
+
+	*out = NULL;
+	if ((c = util_cache_zalloc(sizeof *c)) == NULL)
+		return STOCK_ENOMEM;
+	c->base.ops = &cluster_ops;
+	if ((rc = durable_guard_init(&c->guard, (unsigned)cfg->db_inflight)) != 0) {
+		free(c);
+		return rc;
+	}
+	stock_latch_init(&c->leases_ready, false);
+	stock_drain_init(&c->bus_users);
+	mo.uri = cfg->mongo_uri;
+	mo.database = cfg->mongo_db;
+	mo.one_collection = cfg->mongo_one;
+	mo.many_collection = cfg->mongo_many;
+	mo.timeout_ms = (unsigned)cfg->mongo_timeout_ms;
+	if ((rc = mongo_open(&c->mongo, &mo, err, sizeof err)) != 0) {
+		log_error("mongo", "cannot open MongoDB: %s", err);
+		goto fail;
+	}
+	if ((rc = build_catalog(c, cfg->initial_stock)) != 0) {
+		log_error("catalog", "cannot build the MongoDB catalog: %s", stock_strerror(rc));
+		goto fail;
+	}
+	if ((rc = take_batcher_init(&c->db, c->mongo, catalog_one[CATALOG_ONE_DB].sku, 256)) != 0)
+		goto fail;
+	c->db_ready = true;
+	if ((rc = open_bus(c, cfg)) != 0) {
+		log_error("bus", "cannot start the Redis bus: %s", stock_strerror(rc));
+		goto fail;
+	}
+	if ((rc = open_leases(c, cfg)) != 0) {
+		log_error("lease", "cannot start the lease manager: %s", stock_strerror(rc));
+		goto fail;
+	}
+	stock_latch_set(&c->leases_ready);
+	log_info("catalog", "MongoDB catalog: OneStock (Db, Atomic, Signal, Lock) and %zu ManyStock SKUs; "
+	    "host id %s", c->nskus - CATALOG_ONE_COUNT, cfg->host_id);
+	*out = &c->base;
+	return 0;
+fail:
+	cluster_close(&c->base);
+	return rc;
+}

@@ -1,0 +1,185 @@
+/*
+ * MongoDB documents (libmongoc, one client pool): the authoritative stock of
+ * the cluster mode (--mongo).
+ *
+ * A SKU's document lives in database opt->database; SKUs that start with
+ * "OneStock:" in collection opt->one_collection, every other SKU in
+ * opt->many_collection:
+ *   {_id: sku, stock, sold, version, lost,
+ *    leases: {<host>: {granted, sold, returned, expires, reclaimed}}}
+ * (int64 counts; reclaimed a bool). Every change is one conditional update
+ * of one document (single-document atomicity; no transactions):
+ *   - mongo_seed inserts the catalog ($setOnInsert);
+ *   - mongo_take is the durable Db buy (stock >= n);
+ *   - mongo_adjust is an operator restock / correction;
+ *   - mongo_lease_cas moves units between the pool and one instance's lease.
+ * Every round trip is bounded by opt->timeout_ms; retryWrites is off, so a
+ * conditional update is never sent twice.
+ *
+ * Two backends implement these calls, chosen once at open (atomic_mode):
+ * native (docs.c: findAndModify with a filter, MongoDB) and successor claims
+ * (claims.c: FerretDB v1, whose filtered updates are not atomic;
+ * docs/internals/claims.md). The contracts below hold for both; differences
+ * are noted per call.
+ */
+#ifndef DEMO_MONGO_H
+#define DEMO_MONGO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/doc.h"
+
+typedef struct mongo mongo_t;
+
+/* Leases kept per document (one per instance). */
+#define MONGO_LEASES_MAX 16
+
+enum mongo_atomic_mode {
+	MONGO_ATOMIC_AUTO = 0,   /* claims on FerretDB (buildInfo.ferretdbVersion), native otherwise */
+	MONGO_ATOMIC_NATIVE = 1, /* findAndModify with a filter (MongoDB) */
+	MONGO_ATOMIC_CLAIMS = 2  /* successor claims in <database>.StockClaims */
+};
+
+struct mongo_options {
+	const char *uri;             /* required: mongodb://host:port/... */
+	const char *database;        /* default "SuperStockStore" */
+	const char *one_collection;  /* default "OneStock" */
+	const char *many_collection; /* default "ManyStock" */
+	unsigned timeout_ms;         /* per round trip (default 2000) */
+	/* Every process sharing a database must use the same mode. In claims
+	   mode a SKU document must not be deleted (its claims would outlive it). */
+	enum mongo_atomic_mode atomic_mode;
+};
+
+/* One instance's lease inside a SKU document (all counts cumulative). */
+struct mongo_lease {
+	uint64_t granted;   /* units ever moved from stock into the lease */
+	uint64_t sold;      /* units recorded as sold through it */
+	uint64_t returned;  /* units moved back (to stock, or to lost when reclaimed) */
+	int64_t expires_ms; /* CLOCK_REALTIME ms after which others may reclaim it */
+	bool reclaimed;     /* another instance moved granted-sold-returned to lost */
+};
+
+/* A whole SKU document as the lease protocol sees it. */
+struct mongo_view {
+	struct sku_doc doc; /* _id, stock (the unleased pool), sold, version */
+	uint64_t lost;      /* units quarantined by reclaims */
+	size_t nleases;
+	struct {
+		char host[HOST_ID_MAX + 1];
+		struct mongo_lease lease;
+	} leases[MONGO_LEASES_MAX];
+};
+
+/* Round-trip counters, for /metrics. */
+struct mongo_stats {
+	uint64_t trips;        /* round trips */
+	uint64_t failed_trips; /* round trips that failed or timed out */
+	bool claims;           /* the claims backend is in use */
+};
+
+/**
+ * mongo_open - connect (one ping must succeed within opt->timeout_ms) and
+ * choose the backend. Creates nothing: the caller seeds with mongo_seed.
+ * Returns 0, STOCK_EINVAL (bad URI or options; message in @err), STOCK_ESYS
+ * (server unreachable; message in @err), STOCK_ENOMEM.
+ */
+int mongo_open(mongo_t **out, const struct mongo_options *opt, char *err, size_t errlen);
+
+/** mongo_close - release the pool and free @m. NULL is a no-op. */
+void mongo_close(mongo_t *m);
+
+/** mongo_healthy - false after a failed round trip until one succeeds. Lock-free. */
+bool mongo_healthy(mongo_t *m);
+
+/** mongo_stats - copy the counters. */
+void mongo_stats(mongo_t *m, struct mongo_stats *out);
+
+/**
+ * mongo_seed - insert {_id: sku, stock: n, sold: 0, version: 1} unless a
+ * document with that _id exists (native: an upsert with $setOnInsert;
+ * claims: a plain insert, a duplicate key meaning it is there), like the
+ * seed does on first start. Returns 0 (inserted or already there),
+ * STOCK_ESYS, STOCK_EINVAL.
+ */
+int mongo_seed(mongo_t *m, const char *sku, uint64_t n);
+
+/**
+ * mongo_take - the durable Db buy: one findAndModify with filter
+ * {_id: sku, stock: {$gte: n}, sold: {$lte: STOCK_COUNT_MAX - n}} and update
+ * {$inc: {stock: -n, sold: n, version: 1}}, returning the new document.
+ * Returns 0 (@after = the document after the buy); STOCK_ESOLDOUT (the
+ * document exists with stock < n; @after = its current state, re-read);
+ * STOCK_ENOENT (no such document); STOCK_ESYS (MongoDB failed or timed out:
+ * the outcome is unknown, the buy may or may not have been applied; it is
+ * never retried, so it is never applied twice); STOCK_ERANGE (sold would
+ * exceed STOCK_COUNT_MAX); STOCK_ECONFLICT (the document kept changing
+ * between the findAndModify and the re-read that explains a miss; nothing
+ * was applied); STOCK_EINVAL (also n == 0).
+ * Claims: STOCK_ESYS only when a read failed (nothing applied) or the claim
+ * insert's outcome could not be learned by looking it up; STOCK_ECONFLICT
+ * when the claim kept losing to other writers for timeout_ms (nothing
+ * applied).
+ */
+int mongo_take(mongo_t *m, const char *sku, uint64_t n, struct sku_doc *after);
+
+/**
+ * mongo_adjust - operator change of a SKU's pool: @absolute sets stock to
+ * @n, otherwise adds @n (restock); version + 1. Creates the document when
+ * missing. Returns 0 (@after may be NULL), STOCK_ERANGE, STOCK_ESYS,
+ * STOCK_ECONFLICT (kept racing with concurrent creations; nothing applied),
+ * STOCK_EINVAL.
+ */
+int mongo_adjust(mongo_t *m, const char *sku, bool absolute, uint64_t n, struct sku_doc *after);
+
+/**
+ * mongo_view - read one SKU's whole document (claims: the latest committed
+ * state, even when the document itself lags).
+ * Returns 0, STOCK_ENOENT, STOCK_ESYS, STOCK_EINVAL.
+ */
+int mongo_view(mongo_t *m, const char *sku, struct mongo_view *out);
+
+/* Callback of mongo_view_all: 0 goes on, anything else stops. */
+typedef int (*mongo_view_fn)(const struct mongo_view *v, void *arg);
+
+/**
+ * mongo_view_all - read every document of both collections (one find each)
+ * and call @fn on each (corrupt documents are logged and skipped).
+ * Returns 0, @fn's non-zero value, STOCK_ESYS.
+ */
+int mongo_view_all(mongo_t *m, mongo_view_fn fn, void *arg);
+
+/**
+ * mongo_lease_cas - the one conditional update of the lease protocol:
+ * compare leases.<host> with @expect and replace it with @next, adding
+ * @d_stock to stock, @d_sold to sold and @d_lost to lost, version + 1, in
+ * one update of the SKU's document.
+ * @expect: NULL means leases.<host> must not exist (opening a lease);
+ *          otherwise every member must equal the stored one.
+ * @d_stock < 0 adds the condition stock >= -d_stock (a grant never
+ *          oversells); likewise @d_lost < 0 adds lost >= -d_lost. @d_sold
+ *          must be >= 0.
+ * @after:  receives the document after the update (may be NULL); on
+ *          STOCK_ECONFLICT / STOCK_ESOLDOUT the current document, re-read.
+ * Returns 0 (applied); STOCK_ECONFLICT (the lease is not as expected);
+ * STOCK_ESOLDOUT (the lease matched but stock < -d_stock, or lost <
+ * -d_lost); STOCK_ENOENT (no document); STOCK_ESYS (failed or timed out:
+ * outcome unknown; callers re-read with mongo_view to learn whether it
+ * applied — @next is distinct from @expect, so the stored lease tells);
+ * STOCK_EINVAL (bad host id, NULL sku/next, a result that would go negative
+ * or above STOCK_COUNT_MAX as far as the arguments show: a lease counter of
+ * @next below @expect's, next->sold + next->returned > next->granted,
+ * |delta| > STOCK_COUNT_MAX, or @next equal to @expect in every member).
+ * Claims: also STOCK_ERANGE when the stored counts would leave
+ * 0..STOCK_COUNT_MAX or a new lease would exceed MONGO_LEASES_MAX (nothing
+ * applied; native: only when that explains a miss of its filter), and
+ * STOCK_ESYS for a document with more than MONGO_LEASES_MAX leases;
+ * STOCK_ECONFLICT also as for take.
+ */
+int mongo_lease_cas(mongo_t *m, const char *sku, const char *host, const struct mongo_lease *expect,
+    const struct mongo_lease *next, int64_t d_stock, int64_t d_sold, int64_t d_lost,
+    struct mongo_view *after);
+
+#endif /* DEMO_MONGO_H */

@@ -1,0 +1,3 @@
+module libstock/tests/load/crowd
+
+go 1.22

@@ -1,0 +1,3 @@
+module libstock/tests/server/checkout
+
+go 1.21

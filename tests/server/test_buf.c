@@ -1,0 +1,43 @@
+/*
+ * The growable buffer (common/buf.h): a buffer that starts in the caller's
+ * storage (BUF_ON) writes there while the output fits, and keeps every
+ * byte when it moves to the heap; one on the heap from the start (BUF_INIT)
+ * grows as before. Run under ASan, leaks and stray frees show.
+ */
+#include <criterion/criterion.h>
+
+#include <string.h>
+
+#include "common/buf.h"
+
+Test(buf, on_caller_storage_until_it_grows)
+{
+	char small[512];
+	struct buf b = BUF_ON(small);
+	char want[2048];
+
+	buf_printf(&b, "{\"sku\":\"%s\",", "NVDA");
+	buf_append(&b, "}", 1);
+	cr_expect(b.data == small && !b.failed);
+	cr_expect(b.len == 15 && strcmp(b.data, "{\"sku\":\"NVDA\",}") == 0);
+	/* Past 512 bytes: on the heap, nothing lost. */
+	memcpy(want, b.data, b.len);
+	for (size_t i = b.len; i < 1500; i++) {
+		buf_append(&b, "x", 1);
+		want[i] = 'x';
+	}
+	cr_expect(b.data != small && !b.failed);
+	cr_expect(b.len == 1500 && memcmp(b.data, want, 1500) == 0 && b.data[1500] == '\0');
+	buf_free(&b);
+	cr_expect(b.data == NULL && b.len == 0);
+}
+
+Test(buf, heap_from_the_start)
+{
+	struct buf b = BUF_INIT;
+
+	buf_printf(&b, "%d", 42);
+	cr_expect(b.data != NULL && strcmp(b.data, "42") == 0);
+	buf_free(&b);
+	buf_free(&b); /* empty again: a second free is a no-op */
+}

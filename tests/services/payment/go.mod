@@ -1,0 +1,3 @@
+module payment
+
+go 1.21
