@@ -804,11 +804,15 @@ sec_buyer() {
     experr "D's TSLA hold" 409 buyer_limit POST /api/v1/Holds -H "X-Buyer-Id: D" -d "$(holdbody 30000 TSLA:1)"
     expect "E buys OneStock:Db 5" 200 POST /api/v1/OneStock/Db/Buy -H "X-Buyer-Id: E" -d '{"quantity":5}'
     experr "E's next Db buy" 409 buyer_limit POST /api/v1/OneStock/Db/Buy -H "X-Buyer-Id: E"
-    hold "F holds AMD 5, ttl 300" 300 AMD:5 -- -H "X-Buyer-Id: F"; local hf=$HID
+    # At the limit with a hold that cannot expire during the check (a short
+    # ttl here made the check race the expiry on a loaded CI machine) ...
+    hold "F holds AMD 5" 30000 AMD:5 -- -H "X-Buyer-Id: F"
     experr "F at the limit" 409 buyer_limit POST /api/v1/Holds -H "X-Buyer-Id: F" -d "$(holdbody 30000 AMD:1)"
-    wait_status "$hf" expired 2000 && ok "F's hold expired" || bad "F's hold did not expire"
+    # ... and the allowance back once a short hold has expired.
+    hold "F2 holds AMD 5, ttl 300" 300 AMD:5 -- -H "X-Buyer-Id: F2"; local hg=$HID
+    wait_status "$hg" expired 5000 && ok "F2's hold expired" || bad "F2's hold did not expire"
     sleep 0.2
-    hold "expiry gives F's allowance back" 30000 AMD:5 -- -H "X-Buyer-Id: F"
+    hold "expiry gives F2's allowance back" 30000 AMD:5 -- -H "X-Buyer-Id: F2"
     local id64; id64=$(head -c 64 /dev/zero | tr '\0' 'b')
     hold "64-char buyer id" 30000 TSLA:1 -- -H "X-Buyer-Id: $id64"
     before=$(levels)
