@@ -16,6 +16,8 @@
  * fewer). A hold's units come back at start-up by reserving them again
  * from the recovered counters, so held is always the sum of the live
  * holds. Expiry runs on a libstock timing wheel polled by one thread.
+ * The records themselves - their encoding, the one commit per change, and
+ * their decoding at start-up - are in checkout_records.c.
  * docs/internals/checkout.md has the argument and what a crash can cost.
  */
 #include <bson/bson.h>
@@ -29,96 +31,8 @@
 #include "common/smap.h"
 #include "common/util.h"
 #include "config.h"
-#include "inventory/local.h"
+#include "inventory/checkout_book.h"
 #include "log.h"
-
-#define TICK_NS 10000000ULL     /* wheel precision: 10 ms */
-#define POLL_MS 50              /* the expiry thread's longest sleep */
-#define COMMIT_MAX (2 * CHECKOUT_ITEMS_MAX + 2)
-
-enum obj_kind { OBJ_HOLD = 1, OBJ_IDEM };
-
-struct hold {
-	int kind; /* OBJ_HOLD: first, for the timer's dispatch */
-	struct smap_node node;
-	char id[CHECKOUT_ID_LEN + 1];
-	enum hold_status status;
-	bool paying;
-	int64_t expires_at_ms; /* unix ms */
-	int64_t done_at_ms;    /* when it left held (kept ttl_s after) */
-	uint64_t version;      /* of its record */
-	char buyer[BUYER_ID_MAX + 1];
-	size_t n;
-	struct checkout_item *items; /* as held: n, in room[] */
-	size_t nconf;
-	struct checkout_item *conf;  /* as confirmed: room for n, after items */
-	struct stock_wheel_timer timer; /* expiry, then retention */
-	struct checkout_item room[]; /* items, then conf (sized at hold_alloc) */
-};
-
-struct idem {
-	int kind; /* OBJ_IDEM */
-	struct smap_node node;
-	char key[IDEM_KEY_MAX + 1];
-	size_t key_len;
-	bool done;
-	int status;
-	char *req, *body;
-	size_t req_len, body_len;
-	int64_t at_ms;
-	uint64_t version;
-	struct stock_wheel_timer timer; /* retention */
-};
-
-/* What one buyer took of one SKU (held + bought). Key: "<buyer>/<sku>". */
-struct buyer {
-	struct smap_node node;
-	char key[BUYER_ID_MAX + 1 + STOCK_SKU_MAX + 1];
-	uint64_t count, version;
-};
-
-/* A retired SKU (DELETE Admin/Stock): its counter stays, at 0, for peeks. */
-struct retired {
-	struct smap_node node;
-	char sku[STOCK_SKU_MAX + 1];
-};
-
-struct checkout_book {
-	pthread_mutex_t mu;
-	struct smap holds, idems, buyers, retired;
-	struct stock_wheel wheel;
-	struct stock_latch stop;
-	pthread_t thread;
-	bool started;
-	uint64_t hold_ttl_ms, max_hold_ms, max_per_buyer;
-	uint64_t ttl_ms;    /* idempotency answers are kept this long */
-	uint64_t retain_ms; /* finished holds are kept this long */
-	uint64_t seq; /* record versions: one rising sequence for every key */
-	struct stock_stat holds_made, confirms, cancels, expiries, orders, replays, limits;
-};
-
-/* A zeroed hold with room for @n items and @nconf confirmed ones (NULL: no memory). */
-static struct hold *
-hold_alloc(size_t n, size_t nconf)
-{
-	struct hold *h = calloc(1, sizeof *h + (n + nconf) * sizeof h->room[0]);
-
-	if (h != NULL) {
-		h->items = h->room;
-		h->conf = h->room + n;
-	}
-	return h;
-}
-
-/* The records of one change, committed together. */
-struct commit {
-	struct sku_doc docs[CHECKOUT_ITEMS_MAX + 1];
-	size_t nd;
-	struct store_kv kv[COMMIT_MAX];
-	char keys[COMMIT_MAX][STORE_KEY_MAX + 1];
-	bson_t *vals[COMMIT_MAX];
-	size_t nk;
-};
 
 const char *
 hold_status_name(enum hold_status s)
@@ -130,147 +44,6 @@ hold_status_name(enum hold_status s)
 	case HOLD_EXPIRED: return "expired";
 	}
 	return "unknown";
-}
-
-static uint64_t
-next_version(struct checkout_book *b)
-{
-	return ++b->seq;
-}
-
-/* ---- records -------------------------------------------------------------- */
-
-static void
-commit_free(struct commit *c)
-{
-	for (size_t i = 0; i < c->nk; i++)
-		if (c->vals[i] != NULL)
-			bson_destroy(c->vals[i]);
-	c->nk = c->nd = 0;
-}
-
-/* A keyed record "<prefix><name>" with value @v (owned by @c; NULL: delete). */
-static void
-commit_kv(struct commit *c, const char *prefix, const char *name, size_t nlen, uint64_t version,
-    bson_t *v)
-{
-	size_t plen = strlen(prefix), i = c->nk++;
-
-	ASSERT(i < COMMIT_MAX && plen + nlen <= STORE_KEY_MAX);
-	memcpy(c->keys[i], prefix, plen);
-	memcpy(c->keys[i] + plen, name, nlen);
-	c->keys[i][plen + nlen] = '\0';
-	c->vals[i] = v;
-	c->kv[i] = (struct store_kv){ .key = c->keys[i], .key_len = plen + nlen, .version = version,
-		.value = v != NULL ? bson_get_data(v) : NULL, .value_len = v != NULL ? v->len : 0 };
-}
-
-/* The SKU's state now, as a document of @c (read after the change: a state it had). */
-static void
-commit_sku(struct local *l, struct commit *c, struct stock_counter *ctr, const char *sku)
-{
-	struct stock_level lv;
-
-	for (size_t i = 0; i < c->nd; i++)
-		if (strcmp(c->docs[i].sku, sku) == 0)
-			c->nd = i; /* re-read: overwrite the older state */
-	ASSERT(local_lift(l, stock_counter_read(ctr, &lv), &lv) == 0);
-	ASSERT(c->nd < CHECKOUT_ITEMS_MAX + 1);
-	local_doc(&c->docs[c->nd++], sku, &lv);
-}
-
-static void
-append_items(bson_t *b, const char *name, const struct checkout_item *it, size_t n)
-{
-	bson_t arr, el;
-	char idx[16];
-	const char *k;
-
-	bson_append_array_begin(b, name, -1, &arr);
-	for (size_t i = 0; i < n; i++) {
-		bson_uint32_to_string((uint32_t)i, &k, idx, sizeof idx);
-		bson_append_document_begin(&arr, k, -1, &el);
-		bson_append_utf8(&el, "sku", 3, it[i].sku, -1);
-		bson_append_int64(&el, "q", 1, (int64_t)it[i].quantity);
-		bson_append_document_end(&arr, &el);
-	}
-	bson_append_array_end(b, &arr);
-}
-
-static bson_t *
-hold_value(const struct hold *h)
-{
-	bson_t *b = bson_new();
-
-	bson_append_utf8(b, "status", 6, hold_status_name(h->status), -1);
-	bson_append_int64(b, "expires_at", 10, h->expires_at_ms);
-	bson_append_int64(b, "done_at", 7, h->done_at_ms);
-	bson_append_utf8(b, "buyer", 5, h->buyer, -1);
-	append_items(b, "items", h->items, h->n);
-	if (h->status == HOLD_CONFIRMED)
-		append_items(b, "confirmed", h->conf, h->nconf);
-	return b;
-}
-
-static void
-commit_hold(struct checkout_book *b, struct commit *c, struct hold *h)
-{
-	h->version = next_version(b);
-	commit_kv(c, "hold/", h->id, strlen(h->id), h->version, hold_value(h));
-}
-
-static void
-commit_buyer(struct checkout_book *b, struct commit *c, struct buyer *by)
-{
-	bson_t *v = bson_new();
-
-	bson_append_int64(v, "count", 5, (int64_t)by->count);
-	by->version = next_version(b);
-	commit_kv(c, "buyer/", by->key, strlen(by->key), by->version, v);
-}
-
-static bson_t *
-idem_value(const struct idem *e)
-{
-	bson_t *v = bson_new();
-
-	bson_append_binary(v, "req", 3, BSON_SUBTYPE_BINARY, (const uint8_t *)e->req,
-	    (uint32_t)e->req_len);
-	bson_append_int32(v, "status", 6, e->status);
-	bson_append_binary(v, "body", 4, BSON_SUBTYPE_BINARY, (const uint8_t *)e->body,
-	    (uint32_t)e->body_len);
-	bson_append_int64(v, "at", 2, e->at_ms);
-	return v;
-}
-
-/* A commit queued durably: waited for (settle) after the lock is dropped. */
-struct pending {
-	struct store_ticket t;
-	bool queued;
-};
-
-/*
- * Queue @c as one atomic commit (under the book's lock: the journal's order
- * is the changes' order), durable when @p (wait with settle), else
- * write-behind. Returns 0 or the store's refusal (nothing queued).
- */
-static int
-commit_queue(struct local *l, struct commit *c, struct pending *p)
-{
-	int rc;
-
-	if (p != NULL)
-		p->queued = false;
-	if (c->nd == 0 && c->nk == 0)
-		return 0;
-	if (p == NULL) {
-		rc = store_commit(l->store, c->docs, c->nd, c->kv, c->nk, false);
-	} else {
-		rc = store_commit_queued(l->store, c->docs, c->nd, c->kv, c->nk, &p->t);
-		p->queued = rc == 0;
-	}
-	commit_free(c);
-	return rc;
 }
 
 /* ---- timers ---------------------------------------------------------------- */
@@ -286,8 +59,8 @@ mono_deadline(int64_t at_ms)
 	return mono + (uint64_t)d * 1000000ULL;
 }
 
-static void
-arm(struct checkout_book *b, struct stock_wheel_timer *t, int64_t at_ms)
+void
+book_arm(struct checkout_book *b, struct stock_wheel_timer *t, int64_t at_ms)
 {
 	uint64_t dl = mono_deadline(at_ms);
 
@@ -305,7 +78,7 @@ hold_finish(struct checkout_book *b, struct hold *h, enum hold_status st)
 	/* Under the lock a timer is armed or idle, never in the expiry
 	   thread's hands (it polls under the lock): re-arm for retention. */
 	(void)stock_wheel_cancel(&b->wheel, &h->timer);
-	arm(b, &h->timer, h->done_at_ms + (int64_t)b->retain_ms);
+	book_arm(b, &h->timer, h->done_at_ms + (int64_t)b->retain_ms);
 }
 
 /* ---- lookups --------------------------------------------------------------- */
@@ -418,8 +191,8 @@ answer_record(struct local *l, struct commit *c, struct idem_answer *ans,
 	e->done = true;
 	e->at_ms = util_wall_ms();
 	e->version = next_version(b);
-	commit_kv(c, "idem/", e->key, e->key_len, e->version, idem_value(e));
-	arm(b, &e->timer, e->at_ms + (int64_t)b->ttl_ms);
+	record_kv(c, "idem/", e->key, e->key_len, e->version, record_idem_value(e));
+	book_arm(b, &e->timer, e->at_ms + (int64_t)b->ttl_ms);
 	return 0;
 }
 
@@ -486,7 +259,7 @@ buyer_add(struct checkout_book *b, struct commit *c, const char *buyer,
 			by->count += it[i].quantity;
 		else
 			by->count -= by->count < it[i].quantity ? by->count : it[i].quantity;
-		commit_buyer(b, c, by);
+		record_buyer(b, c, by);
 	}
 }
 
@@ -564,21 +337,21 @@ checkout_local_hold(inventory_t *inv, const struct checkout_req *req, struct ide
 		new_id(h->id, 'h');
 	h->expires_at_ms = util_wall_ms() + (int64_t)req->ttl_ms;
 	for (size_t i = 0; i < req->n; i++)
-		commit_sku(l, &c, ctr[i], req->items[i].sku);
+		record_sku(l, &c, ctr[i], req->items[i].sku);
 	buyer_add(b, &c, h->buyer, h->items, h->n, true);
-	commit_hold(b, &c, h);
+	record_hold(b, &c, h);
 	view_hold(h, out);
 	if ((rc = answer_record(l, &c, ans, out)) == 0)
-		rc = commit_queue(l, &c, &pend);
+		rc = record_queue(l, &c, &pend);
 	if (rc != 0) {
 		/* Nothing queued: undo in memory (the buyer counts too). */
 		struct commit undo = { 0 };
 
-		commit_free(&c);
+		record_free(&c);
 		for (size_t i = 0; i < req->n; i++)
 			ASSERT(stock_counter_release(ctr[i], req->items[i].quantity) == 0);
 		buyer_add(b, &undo, h->buyer, h->items, h->n, false);
-		commit_free(&undo);
+		record_free(&undo);
 		if (ans != NULL) {
 			struct idem *e = idem_find(b, ans->key, ans->key_len);
 			if (e != NULL && e->done) { /* back to in flight; the caller aborts it */
@@ -595,7 +368,7 @@ checkout_local_hold(inventory_t *inv, const struct checkout_req *req, struct ide
 		return rc;
 	}
 	(void)smap_put(&b->holds, &h->node);
-	arm(b, &h->timer, h->expires_at_ms);
+	book_arm(b, &h->timer, h->expires_at_ms);
 	stock_stat_inc(&b->holds_made);
 	pthread_mutex_unlock(&b->mu);
 	stock_table_read_end(l->many, &sec);
@@ -661,7 +434,7 @@ settle_hold(struct local *l, struct hold *h, const uint64_t *sell, struct commit
 			back[nb] = h->items[i];
 			back[nb++].quantity = rel;
 		}
-		commit_sku(l, c, ctr, h->items[i].sku);
+		record_sku(l, c, ctr, h->items[i].sku);
 	}
 	buyer_add(b, c, h->buyer, back, nb, false);
 }
@@ -680,7 +453,7 @@ unpay(struct checkout_book *b, struct hold *h)
 {
 	h->paying = false;
 	(void)stock_wheel_cancel(&b->wheel, &h->timer);
-	arm(b, &h->timer, h->expires_at_ms);
+	book_arm(b, &h->timer, h->expires_at_ms);
 }
 
 int
@@ -775,11 +548,11 @@ checkout_local_confirm(inventory_t *inv, const char *id, size_t len,
 	h->paying = false;
 	settle_hold(l, h, sell, &c);
 	hold_finish(b, h, HOLD_CONFIRMED);
-	commit_hold(b, &c, h);
+	record_hold(b, &c, h);
 	view_hold(h, out);
 	if ((rc = answer_record(l, &c, ans, out)) == 0)
-		rc = commit_queue(l, &c, &pend);
-	commit_free(&c);
+		rc = record_queue(l, &c, &pend);
+	record_free(&c);
 	/* A refused queue (full, closing) leaves the sale in memory without its
 	   records (docs/internals/checkout.md "A refused commit"). */
 	stock_stat_inc(&b->confirms);
@@ -822,11 +595,11 @@ checkout_local_cancel(inventory_t *inv, const char *id, size_t len, struct idem_
 	}
 	settle_hold(l, h, sell, &c);
 	hold_finish(b, h, HOLD_CANCELLED);
-	commit_hold(b, &c, h);
+	record_hold(b, &c, h);
 	view_hold(h, out);
 	if ((rc = answer_record(l, &c, ans, out)) == 0)
-		rc = commit_queue(l, &c, &pend);
-	commit_free(&c);
+		rc = record_queue(l, &c, &pend);
+	record_free(&c);
 	stock_stat_inc(&b->cancels);
 	pthread_mutex_unlock(&b->mu);
 	stock_table_read_end(l->many, &sec);
@@ -850,7 +623,7 @@ undo_sale(struct local *l, struct stock_counter **ctr, const struct checkout_req
 	for (size_t i = 0; i < req->n; i++)
 		ASSERT(stock_counter_put(ctr[i], req->items[i].quantity) == 0);
 	buyer_add(b, &undo, req->buyer, req->items, req->n, false);
-	commit_free(&undo);
+	record_free(&undo);
 	if (ans != NULL) {
 		struct idem *e = idem_find(b, ans->key, ans->key_len);
 
@@ -895,7 +668,7 @@ checkout_local_order(inventory_t *inv, const struct checkout_req *req, struct id
 	}
 	for (size_t i = 0; i < req->n; i++) {
 		ASSERT(stock_counter_commit(ctr[i], req->items[i].quantity) == 0);
-		commit_sku(l, &c, ctr[i], req->items[i].sku);
+		record_sku(l, &c, ctr[i], req->items[i].sku);
 	}
 	buyer_add(b, &c, req->buyer, req->items, req->n, true);
 	new_id(out->id, 'o');
@@ -905,8 +678,8 @@ checkout_local_order(inventory_t *inv, const struct checkout_req *req, struct id
 	if (req->buyer != NULL)
 		snprintf(out->buyer, sizeof out->buyer, "%s", req->buyer);
 	if ((rc = answer_record(l, &c, ans, out)) == 0)
-		rc = commit_queue(l, &c, &pend);
-	commit_free(&c);
+		rc = record_queue(l, &c, &pend);
+	record_free(&c);
 	if (rc != 0)
 		undo_sale(l, ctr, req, ans);
 	else
@@ -945,7 +718,7 @@ checkout_local_buy_as(inventory_t *inv, const char *sku, uint64_t n, const char 
 	pthread_mutex_lock(&b->mu);
 	if ((rc = reserve_all(l, &req, &ctr, out)) == 0) {
 		ASSERT(stock_counter_commit(ctr, n) == 0);
-		commit_sku(l, &c, ctr, sku);
+		record_sku(l, &c, ctr, sku);
 		out->level.remaining = c.docs[0].stock;
 		out->level.held = c.docs[0].held;
 		out->level.sold = c.docs[0].sold;
@@ -955,8 +728,8 @@ checkout_local_buy_as(inventory_t *inv, const char *sku, uint64_t n, const char 
 		   waits for one (a queued ticket must be waited for: the flusher
 		   writes into it). */
 		if ((rc = answer_record(l, &c, ans, out)) == 0)
-			rc = commit_queue(l, &c, durable ? &pend : NULL);
-		commit_free(&c);
+			rc = record_queue(l, &c, durable ? &pend : NULL);
+		record_free(&c);
 		if (rc != 0 && !durable)
 			rc = 0; /* write-behind, as any cache buy: the next record carries it */
 		else if (rc != 0)
@@ -1016,7 +789,7 @@ checkout_local_sku_create(inventory_t *inv, const char *sku, uint64_t remaining,
 		ASSERT(rc != 0 || ctr != NULL);
 	}
 	if (rc == 0) {
-		commit_sku(l, &c, ctr, sku);
+		record_sku(l, &c, ctr, sku);
 		out->level.remaining = c.docs[0].stock;
 		out->level.held = c.docs[0].held;
 		out->level.sold = c.docs[0].sold;
@@ -1024,11 +797,11 @@ checkout_local_sku_create(inventory_t *inv, const char *sku, uint64_t remaining,
 		if (r != NULL) {
 			smap_del(&b->retired, &r->node);
 			free(r);
-			commit_kv(&c, "retired/", sku, len, next_version(b), NULL);
+			record_kv(&c, "retired/", sku, len, next_version(b), NULL);
 		}
 		if ((rc = answer_record(l, &c, ans, out)) == 0)
-			rc = commit_queue(l, &c, &pend);
-		commit_free(&c);
+			rc = record_queue(l, &c, &pend);
+		record_free(&c);
 	}
 	pthread_mutex_unlock(&b->mu);
 	stock_table_read_end(l->many, &sec);
@@ -1062,7 +835,7 @@ retire_hold(struct smap_node *n, void *arg)
 				return 1;
 			settle_hold(x->l, h, none, x->c);
 			hold_finish(x->l->co, h, HOLD_CANCELLED);
-			commit_hold(x->l->co, x->c, h);
+			record_hold(x->l->co, x->c, h);
 			x->released++;
 			return 0;
 		}
@@ -1111,24 +884,24 @@ checkout_local_sku_retire(inventory_t *inv, const char *sku, struct idem_answer 
 
 		more = smap_foreach(&b->holds, retire_hold, &x);
 		holds += x.released;
-		if ((rc = commit_queue(l, &c, NULL)) != 0)
+		if ((rc = record_queue(l, &c, NULL)) != 0)
 			goto out;
 	} while (more);
 	{
 		struct commit c = { 0 };
 
 		ASSERT(stock_counter_set(ctr, 0) == 0);
-		commit_sku(l, &c, ctr, sku);
+		record_sku(l, &c, ctr, sku);
 		out->level.remaining = c.docs[0].stock;
 		out->level.held = c.docs[0].held;
 		out->level.sold = c.docs[0].sold;
 		out->level.version = c.docs[0].version;
 		v = bson_new();
 		bson_append_int64(v, "at", 2, util_wall_ms());
-		commit_kv(&c, "retired/", sku, strlen(sku), next_version(b), v);
+		record_kv(&c, "retired/", sku, strlen(sku), next_version(b), v);
 		if ((rc = answer_record(l, &c, ans, out)) == 0)
-			rc = commit_queue(l, &c, &pend);
-		commit_free(&c);
+			rc = record_queue(l, &c, &pend);
+		record_free(&c);
 	}
 	if (rc == 0 && r != NULL) {
 		(void)smap_put(&b->retired, &r->node);
@@ -1165,14 +938,14 @@ checkout_local_adjust_as(inventory_t *inv, const char *sku, bool absolute, uint6
 	if ((ctr = local_counter(l, sku)) == NULL) {
 		rc = STOCK_ENOENT;
 	} else if ((rc = absolute ? stock_counter_set(ctr, n) : stock_counter_restock(ctr, n)) == 0) {
-		commit_sku(l, &c, ctr, sku);
+		record_sku(l, &c, ctr, sku);
 		out->level.remaining = c.docs[0].stock;
 		out->level.held = c.docs[0].held;
 		out->level.sold = c.docs[0].sold;
 		out->level.version = c.docs[0].version;
 		if ((rc = answer_record(l, &c, ans, out)) == 0)
-			rc = commit_queue(l, &c, &pend);
-		commit_free(&c);
+			rc = record_queue(l, &c, &pend);
+		record_free(&c);
 	}
 	pthread_mutex_unlock(&b->mu);
 	stock_table_read_end(l->many, &sec);
@@ -1231,8 +1004,8 @@ checkout_local_idem_begin(inventory_t *inv, const char *key, size_t klen, const 
 	return IDEM_NEW;
 }
 
-static void
-idem_free(struct idem *e)
+void
+book_idem_free(struct idem *e)
 {
 	free(e->req);
 	free(e->body);
@@ -1255,7 +1028,7 @@ checkout_local_idem_finish(inventory_t *inv, const char *key, size_t klen, int s
 	if ((e->body = malloc(blen + 1)) == NULL) {
 		smap_del(&b->idems, &e->node);
 		pthread_mutex_unlock(&b->mu);
-		idem_free(e);
+		book_idem_free(e);
 		return STOCK_ENOMEM;
 	}
 	memcpy(e->body, body, blen);
@@ -1264,12 +1037,12 @@ checkout_local_idem_finish(inventory_t *inv, const char *key, size_t klen, int s
 	e->done = true;
 	e->at_ms = util_wall_ms();
 	e->version = next_version(b);
-	commit_kv(&c, "idem/", e->key, e->key_len, e->version, idem_value(e));
-	arm(b, &e->timer, e->at_ms + (int64_t)b->ttl_ms);
+	record_kv(&c, "idem/", e->key, e->key_len, e->version, record_idem_value(e));
+	book_arm(b, &e->timer, e->at_ms + (int64_t)b->ttl_ms);
 	{
 		struct pending pend;
 
-		rc = commit_queue(l, &c, &pend);
+		rc = record_queue(l, &c, &pend);
 		pthread_mutex_unlock(&b->mu);
 		return durable_wait(&pend, rc);
 	}
@@ -1289,7 +1062,7 @@ checkout_local_idem_abort(inventory_t *inv, const char *key, size_t klen)
 		e = NULL;
 	pthread_mutex_unlock(&b->mu);
 	if (e != NULL)
-		idem_free(e);
+		book_idem_free(e);
 }
 
 /* ---- expiry ------------------------------------------------------------------ */
@@ -1302,18 +1075,18 @@ hold_timer(struct local *l, struct hold *h, struct commit *c)
 
 	if (h->status != HOLD_HELD) {
 		if (h->done_at_ms + (int64_t)b->retain_ms > util_wall_ms()) {
-			arm(b, &h->timer, h->done_at_ms + (int64_t)b->retain_ms); /* finished meanwhile */
+			book_arm(b, &h->timer, h->done_at_ms + (int64_t)b->retain_ms); /* finished meanwhile */
 			return;
 		}
 		smap_del(&b->holds, &h->node);
-		commit_kv(c, "hold/", h->id, CHECKOUT_ID_LEN, next_version(b), NULL);
+		record_kv(c, "hold/", h->id, CHECKOUT_ID_LEN, next_version(b), NULL);
 		free(h);
 		return;
 	}
 	if (h->paying)
 		return; /* confirm re-arms it if the payment fails */
 	if (h->expires_at_ms > util_wall_ms()) {
-		arm(b, &h->timer, h->expires_at_ms); /* woke early: wall clock stepped */
+		book_arm(b, &h->timer, h->expires_at_ms); /* woke early: wall clock stepped */
 		return;
 	}
 	{
@@ -1323,8 +1096,8 @@ hold_timer(struct local *l, struct hold *h, struct commit *c)
 	}
 	h->status = HOLD_EXPIRED;
 	h->done_at_ms = util_wall_ms();
-	arm(b, &h->timer, h->done_at_ms + (int64_t)b->retain_ms);
-	commit_hold(b, c, h);
+	book_arm(b, &h->timer, h->done_at_ms + (int64_t)b->retain_ms);
+	record_hold(b, c, h);
 	stock_stat_inc(&b->expiries);
 }
 
@@ -1334,8 +1107,8 @@ idem_timer(struct local *l, struct idem *e, struct commit *c)
 	struct checkout_book *b = l->co;
 
 	smap_del(&b->idems, &e->node);
-	commit_kv(c, "idem/", e->key, e->key_len, next_version(b), NULL);
-	idem_free(e);
+	record_kv(c, "idem/", e->key, e->key_len, next_version(b), NULL);
+	book_idem_free(e);
 }
 
 static void *
@@ -1368,7 +1141,7 @@ expiry_main(void *arg)
 					hold_timer(l, due[i]->arg, &c);
 				else
 					idem_timer(l, due[i]->arg, &c);
-				if (commit_queue(l, &c, NULL) != 0)
+				if (record_queue(l, &c, NULL) != 0)
 					log_warn("checkout", "an expiry record was refused by the journal "
 					    "(its state is written with the next change, or recovered as expired)");
 			}
@@ -1380,299 +1153,10 @@ expiry_main(void *arg)
 	}
 }
 
-/* ---- recovery ------------------------------------------------------------------ */
-
-static bool
-read_items(bson_iter_t *it, struct checkout_item *out, size_t *n)
-{
-	bson_iter_t arr;
-
-	*n = 0;
-	if (!BSON_ITER_HOLDS_ARRAY(it) || !bson_iter_recurse(it, &arr))
-		return false;
-	while (bson_iter_next(&arr)) {
-		bson_iter_t el;
-		bool have_sku = false, have_q = false;
-
-		if (*n == CHECKOUT_ITEMS_MAX || !BSON_ITER_HOLDS_DOCUMENT(&arr) ||
-		    !bson_iter_recurse(&arr, &el))
-			return false;
-		while (bson_iter_next(&el)) {
-			const char *k = bson_iter_key(&el);
-			uint32_t len;
-
-			if (strcmp(k, "sku") == 0 && BSON_ITER_HOLDS_UTF8(&el)) {
-				const char *s = bson_iter_utf8(&el, &len);
-				if (!stock_sku_valid(s, len))
-					return false;
-				memcpy(out[*n].sku, s, len);
-				out[*n].sku[len] = '\0';
-				have_sku = true;
-			} else if (strcmp(k, "q") == 0 &&
-			    doc_iter_count(&el, STOCK_COUNT_MAX, &out[*n].quantity) &&
-			    out[*n].quantity > 0) {
-				have_q = true;
-			} else {
-				return false;
-			}
-		}
-		if (!have_sku || !have_q)
-			return false;
-		(*n)++;
-	}
-	return *n > 0;
-}
-
-static bool
-read_str(bson_iter_t *it, char *out, size_t cap)
-{
-	uint32_t len;
-	const char *s;
-
-	if (!BSON_ITER_HOLDS_UTF8(it))
-		return false;
-	s = bson_iter_utf8(it, &len);
-	if (len >= cap || memchr(s, '\0', len) != NULL)
-		return false;
-	memcpy(out, s, len);
-	out[len] = '\0';
-	return true;
-}
-
-/* A hold record back in memory: a live one reserves its units again. */
-static int
-load_hold(struct local *l, const char *id, size_t idlen, uint64_t version, const uint8_t *val,
-    size_t vlen, int64_t now)
-{
-	struct checkout_book *b = l->co;
-	char status[16] = "";
-	struct commit c = { 0 };
-	bson_iter_t it;
-	struct hold *h, *full;
-	bson_t v;
-
-	/* Parsed into a hold with room for the most items, then moved into
-	   one sized for what it holds. */
-	if (idlen != CHECKOUT_ID_LEN || !bson_init_static(&v, val, vlen) || !bson_iter_init(&it, &v) ||
-	    (h = hold_alloc(CHECKOUT_ITEMS_MAX, CHECKOUT_ITEMS_MAX)) == NULL)
-		return -1;
-	h->kind = OBJ_HOLD;
-	memcpy(h->id, id, idlen);
-	h->version = version;
-	while (bson_iter_next(&it)) {
-		const char *k = bson_iter_key(&it);
-		int64_t x;
-		bool ok = false;
-
-		if (strcmp(k, "status") == 0)
-			ok = read_str(&it, status, sizeof status);
-		else if (strcmp(k, "expires_at") == 0 && doc_iter_int64(&it, &x))
-			ok = (h->expires_at_ms = x, true);
-		else if (strcmp(k, "done_at") == 0 && doc_iter_int64(&it, &x))
-			ok = (h->done_at_ms = x, true);
-		else if (strcmp(k, "buyer") == 0)
-			ok = read_str(&it, h->buyer, sizeof h->buyer);
-		else if (strcmp(k, "items") == 0)
-			ok = read_items(&it, h->items, &h->n);
-		else if (strcmp(k, "confirmed") == 0)
-			ok = read_items(&it, h->conf, &h->nconf);
-		if (!ok) {
-			free(h);
-			return -1;
-		}
-	}
-	if (h->n == 0) {
-		free(h);
-		return -1;
-	}
-	h->status = strcmp(status, "held") == 0 ? HOLD_HELD :
-	    strcmp(status, "confirmed") == 0 ? HOLD_CONFIRMED :
-	    strcmp(status, "cancelled") == 0 ? HOLD_CANCELLED : HOLD_EXPIRED;
-	if (strcmp(status, hold_status_name(h->status)) != 0) {
-		free(h);
-		return -1;
-	}
-	full = h;
-	if ((h = hold_alloc(full->n, full->nconf > full->n ? full->nconf : full->n)) == NULL) {
-		free(full);
-		return -1;
-	}
-	{
-		struct checkout_item *items = h->items, *conf = h->conf;
-
-		*h = *full;
-		h->items = items;
-		h->conf = conf;
-		memcpy(h->items, full->items, full->n * sizeof full->items[0]);
-		memcpy(h->conf, full->conf, full->nconf * sizeof full->conf[0]);
-		free(full);
-	}
-	h->node.key = h->id;
-	h->node.key_len = CHECKOUT_ID_LEN;
-	stock_wheel_timer_init(&h->timer, h);
-	if (h->status == HOLD_HELD) {
-		for (size_t i = 0; i < h->n; i++) {
-			struct stock_counter *ctr = local_counter(l, h->items[i].sku);
-
-			if (ctr == NULL || stock_counter_reserve(ctr, h->items[i].quantity) != 0) {
-				/* Its units are not there: the state it was reserved from
-				   was not durable. Expire it, give back what was taken. */
-				log_warn("checkout", "hold %s: %s has no %" PRIu64 " units to hold again: "
-				    "expired", h->id, h->items[i].sku, h->items[i].quantity);
-				while (i-- > 0)
-					ASSERT(stock_counter_release(local_counter(l, h->items[i].sku),
-					    h->items[i].quantity) == 0);
-				h->status = HOLD_EXPIRED;
-				h->done_at_ms = now;
-				commit_hold(b, &c, h);
-				(void)commit_queue(l, &c, NULL);
-				break;
-			}
-		}
-	}
-	(void)smap_put(&b->holds, &h->node);
-	/* Expired while we were down: the expiry thread releases it at once. */
-	arm(b, &h->timer, h->status == HOLD_HELD ? h->expires_at_ms : h->done_at_ms + (int64_t)b->retain_ms);
-	return 0;
-}
-
-static int
-load_idem(struct local *l, const char *key, size_t klen, uint64_t version, const uint8_t *val,
-    size_t vlen)
-{
-	struct checkout_book *b = l->co;
-	bson_iter_t it;
-	struct idem *e;
-	bson_t v;
-	unsigned seen = 0;
-
-	if (klen < 1 || klen > IDEM_KEY_MAX || !bson_init_static(&v, val, vlen) ||
-	    !bson_iter_init(&it, &v) || (e = calloc(1, sizeof *e)) == NULL)
-		return -1;
-	e->kind = OBJ_IDEM;
-	memcpy(e->key, key, klen);
-	e->key_len = klen;
-	e->version = version;
-	e->done = true;
-	while (bson_iter_next(&it)) {
-		const char *k = bson_iter_key(&it);
-		const uint8_t *bin;
-		uint32_t blen;
-		bson_subtype_t sub;
-		int64_t x;
-
-		if ((strcmp(k, "req") == 0 || strcmp(k, "body") == 0) && BSON_ITER_HOLDS_BINARY(&it)) {
-			char **dst = k[0] == 'r' ? &e->req : &e->body;
-			bson_iter_binary(&it, &sub, &blen, &bin);
-			if (*dst != NULL || (*dst = malloc(blen + 1)) == NULL)
-				goto bad;
-			memcpy(*dst, bin, blen);
-			*(k[0] == 'r' ? &e->req_len : &e->body_len) = blen;
-			seen |= k[0] == 'r' ? 1 : 2;
-		} else if (strcmp(k, "status") == 0 && BSON_ITER_HOLDS_INT32(&it)) {
-			e->status = bson_iter_int32(&it);
-			seen |= 4;
-		} else if (strcmp(k, "at") == 0 && doc_iter_int64(&it, &x)) {
-			e->at_ms = x;
-			seen |= 8;
-		} else {
-			goto bad;
-		}
-	}
-	if (seen != 15 || e->status < 100 || e->status > 599)
-		goto bad;
-	e->node.key = e->key;
-	e->node.key_len = klen;
-	stock_wheel_timer_init(&e->timer, e);
-	(void)smap_put(&b->idems, &e->node);
-	arm(b, &e->timer, e->at_ms + (int64_t)b->ttl_ms);
-	return 0;
-bad:
-	idem_free(e);
-	return -1;
-}
-
-static int
-load_buyer(struct local *l, const char *key, size_t klen, uint64_t version, const uint8_t *val,
-    size_t vlen)
-{
-	struct checkout_book *b = l->co;
-	bson_iter_t it;
-	struct buyer *by;
-	bson_t v;
-	uint64_t count = 0;
-	bool have = false;
-
-	if (klen >= sizeof by->key || !bson_init_static(&v, val, vlen) || !bson_iter_init(&it, &v))
-		return -1;
-	while (bson_iter_next(&it))
-		if (strcmp(bson_iter_key(&it), "count") != 0 ||
-		    !doc_iter_count(&it, STOCK_COUNT_MAX, &count) || have)
-			return -1;
-		else
-			have = true;
-	if (!have || (by = calloc(1, sizeof *by)) == NULL)
-		return -1;
-	memcpy(by->key, key, klen);
-	by->key[klen] = '\0';
-	by->node.key = by->key;
-	by->node.key_len = klen;
-	by->count = count;
-	by->version = version;
-	(void)smap_put(&b->buyers, &by->node);
-	return 0;
-}
-
-static int
-load_retired(struct local *l, const char *sku, size_t len)
-{
-	struct retired *r;
-
-	if (!stock_sku_valid(sku, len) || (r = calloc(1, sizeof *r)) == NULL)
-		return -1;
-	memcpy(r->sku, sku, len);
-	r->node.key = r->sku;
-	r->node.key_len = len;
-	(void)smap_put(&l->co->retired, &r->node);
-	return 0;
-}
-
-struct load_ctx {
-	struct local *l;
-	int64_t now;
-	unsigned bad;
-};
-
-static int
-load_kv(const char *key, size_t klen, uint64_t version, const uint8_t *val, size_t vlen, void *arg)
-{
-	struct load_ctx *x = arg;
-	struct checkout_book *b = x->l->co;
-	int rc = 0;
-
-	if (version > b->seq)
-		b->seq = version;
-	if (klen > 5 && memcmp(key, "hold/", 5) == 0)
-		rc = load_hold(x->l, key + 5, klen - 5, version, val, vlen, x->now);
-	else if (klen > 5 && memcmp(key, "idem/", 5) == 0)
-		rc = load_idem(x->l, key + 5, klen - 5, version, val, vlen);
-	else if (klen > 6 && memcmp(key, "buyer/", 6) == 0)
-		rc = load_buyer(x->l, key + 6, klen - 6, version, val, vlen);
-	else if (klen > 8 && memcmp(key, "retired/", 8) == 0)
-		rc = load_retired(x->l, key + 8, klen - 8);
-	else
-		rc = -1;
-	if (rc != 0 && x->bad++ < 8)
-		log_warn("checkout", "ignoring a recovered record that does not fit: %.*s",
-		    (int)(klen > 80 ? 80 : klen), key);
-	return 0;
-}
-
 int
 checkout_local_open(struct local *l, const struct app_config *cfg)
 {
 	struct checkout_book *b;
-	struct load_ctx x = { .l = l, .now = util_wall_ms() };
 
 	if ((b = calloc(1, sizeof *b)) == NULL)
 		return STOCK_ENOMEM;
@@ -1692,7 +1176,7 @@ checkout_local_open(struct local *l, const struct app_config *cfg)
 	    stock_stat_init(&b->replays) != 0 || stock_stat_init(&b->limits) != 0)
 		return STOCK_ENOMEM;
 	pthread_mutex_lock(&b->mu);
-	(void)store_kv_foreach(l->store, "", 0, load_kv, &x);
+	record_load_all(l);
 	pthread_mutex_unlock(&b->mu);
 	if (smap_count(&b->holds) > 0 || smap_count(&b->idems) > 0)
 		log_info("checkout", "recovered %zu holds, %zu idempotency answers, %zu buyer counts",
@@ -1715,7 +1199,7 @@ static int
 free_idem(struct smap_node *n, void *arg)
 {
 	(void)arg;
-	idem_free((struct idem *)((char *)n - offsetof(struct idem, node)));
+	book_idem_free((struct idem *)((char *)n - offsetof(struct idem, node)));
 	return 0;
 }
 
