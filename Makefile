@@ -290,9 +290,9 @@ $(BENCH_MONGO_BIN): tests/bench/bench_mongo.c
 	$(CC) -O2 -g -Wall -Wextra $(BSON_CFLAGS) $< -o $@ $(BSON_LIBS) -lpthread
 
 BARE_BIN := $(O)/bench/bare_civetweb
-$(BARE_BIN): $(O)/obj/tests/bench/bare_civetweb.o
+$(BARE_BIN): $(O)/obj/tests/bench/bare_civetweb.o $(O)/obj/demo-server/http/threads.o
 	@mkdir -p $(@D)
-	$(CC) $< -o $@ $(SANLDFLAGS) $(LDFLAGS) $(CIVETWEB_LIBS) $(LIBS_PRIV)
+	$(CC) $^ -o $@ $(SANLDFLAGS) $(LDFLAGS) $(CIVETWEB_LIBS) $(LIBS_PRIV)
 
 # The demo server against a bare civetweb handler and Redis (appendfsync
 # always), measured in the same run. Needs wrk and redis-server (make deps).
@@ -317,8 +317,8 @@ crowd-bin:
 	cd tests/load/crowd && GOTOOLCHAIN=local $(GO) build -o $(abspath $(CROWD_BIN)) .
 
 bench-crowd: crowd-bin
-	$(MAKE) $(SERVER_BIN)
-	bash tests/bench/bench_crowd.sh $(SERVER_BIN) $(CROWD_BIN)
+	$(MAKE) $(SERVER_BIN) $(BARE_BIN)
+	BARE=$(BARE_BIN) bash tests/bench/bench_crowd.sh $(SERVER_BIN) $(CROWD_BIN)
 	CROWD_MODE=mongo bash tests/bench/bench_crowd.sh $(SERVER_BIN) $(CROWD_BIN)
 
 # Group commit of the embedded store against one write+fdatasync per append.

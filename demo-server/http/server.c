@@ -18,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -27,6 +26,7 @@
 #include "http/http.h"
 #include "http/routes.h"
 #include "http/server.h"
+#include "http/threads.h"
 #include "log.h"
 
 #define FD_RESERVE 256              /* journal, snapshots, MongoDB and Redis, logs, /proc */
@@ -164,8 +164,7 @@ on_init_thread(const struct mg_context *ctx, int type)
 	(void)ctx;
 	if (type != 1) /* 1: a worker */
 		return NULL;
-	/* Only this thread: nice is per thread on Linux. Lowering is always allowed. */
-	if (crowd.nice != 0 && setpriority(PRIO_PROCESS, (id_t)gettid(), crowd.nice) != 0)
+	if (crowd.nice != 0 && threads_nice_self(crowd.nice) != 0)
 		stock_gauge_set(&crowd.nice_failed, 1);
 	if (stock_gauge_add(&crowd.started, 1) == 1 && pthread_getattr_np(pthread_self(), &a) == 0) {
 		if (pthread_attr_getstacksize(&a, &size) == 0)
@@ -207,48 +206,6 @@ on_begin_request(struct mg_connection *c)
 		http_close_after(c);
 	}
 	return 0; /* civetweb goes on to routes.c */
-}
-
-/* --- thousands of workers start in linear time ----------------------------- */
-
-#ifndef SANITIZED
-/*
- * Skips civetweb's per-worker sigaction(SIGPIPE, SIG_IGN) when SIGPIPE is
- * already ignored (nothing of it can be pending): setting it walks every
- * thread of the process (docs/internals/crowd.md).
- */
-int __sigaction(int sig, const struct sigaction *act, struct sigaction *old);
-
-int
-sigaction(int sig, const struct sigaction *act, struct sigaction *old)
-{
-	struct sigaction cur;
-
-	if (sig == SIGPIPE && act != NULL && act->sa_handler == SIG_IGN &&
-	    !(act->sa_flags & SA_SIGINFO) && __sigaction(SIGPIPE, NULL, &cur) == 0 &&
-	    cur.sa_handler == SIG_IGN && !(cur.sa_flags & SA_SIGINFO)) {
-		if (old != NULL)
-			*old = cur;
-		return 0;
-	}
-	return __sigaction(sig, act, old);
-}
-#endif
-
-/* A private futex hash as large as the workers (docs/internals/crowd.md). */
-#ifndef PR_FUTEX_HASH
-#define PR_FUTEX_HASH 78
-#define PR_FUTEX_HASH_SET_SLOTS 1
-#endif
-
-static unsigned
-futex_hash_size(uint64_t workers)
-{
-	unsigned slots = 16;
-
-	while (slots < workers && slots < 65536)
-		slots <<= 1;
-	return prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, slots, 0, 0) == 0 ? slots : 0;
 }
 
 /* --- sizing from the limits ----------------------------------------------- */
@@ -490,7 +447,7 @@ http_start(struct app *app)
 	cb.init_connection = on_init_connection;
 	cb.connection_close = on_connection_close;
 	cb.begin_request = on_begin_request;
-	slots = futex_hash_size(p.workers);
+	slots = threads_futex_hash(p.workers);
 	mg_init_library(0);
 	if ((ctx = mg_start(&cb, NULL, options)) == NULL) {
 		log_error("http", "cannot listen on %s (in use, or not host:port)", cfg->listen);

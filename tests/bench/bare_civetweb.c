@@ -3,9 +3,12 @@
  * handler does the same floor-checked atomic decrement as Cache/Atomic/Buy,
  * without libstock, routing, parsing, metrics or journaling, and answers a
  * JSON body of similar size in one write (same civetweb options as the demo
- * server). What the demo server costs is its ratio to this.
+ * server). What the demo server costs is its ratio to this. It links the
+ * demo server's thread-scaling fixes (demo-server/http/threads.c), so that
+ * with thousands of workers (make bench-crowd's ceiling rows) it measures
+ * civetweb's thread-per-connection model, not a slow start-up.
  *
- *   bare_civetweb PORT THREADS
+ *   bare_civetweb PORT THREADS [WORKER_NICE]
  */
 #include <civetweb.h>
 #include <ck_pr.h>
@@ -14,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "http/threads.h"
 
 static uint64_t remaining = UINT64_MAX / 2;
 static volatile sig_atomic_t stop;
@@ -44,6 +49,17 @@ buy(struct mg_connection *c, void *arg)
 	return status;
 }
 
+static int worker_nice;
+
+static void *
+init_thread(const struct mg_context *ctx, int type)
+{
+	(void)ctx;
+	if (type == 1 && worker_nice != 0) /* 1: a worker */
+		(void)threads_nice_self(worker_nice);
+	return NULL;
+}
+
 static void
 on_signal(int s)
 {
@@ -57,16 +73,21 @@ main(int argc, char **argv)
 	char ports[64];
 	struct mg_context *ctx;
 
-	if (argc != 3) {
-		fprintf(stderr, "usage: %s PORT THREADS\n", argv[0]);
+	struct mg_callbacks cb = { .init_thread = init_thread };
+
+	if (argc != 3 && argc != 4) {
+		fprintf(stderr, "usage: %s PORT THREADS [WORKER_NICE]\n", argv[0]);
 		return 2;
 	}
 	snprintf(ports, sizeof ports, "127.0.0.1:%s", argv[1]);
 	const char *opts[] = { "listening_ports", ports, "num_threads", argv[2],
 		"enable_keep_alive", "yes", "keep_alive_timeout_ms", "5000",
 		"request_timeout_ms", "10000", "tcp_nodelay", "1", NULL };
+	worker_nice = argc == 4 ? atoi(argv[3]) : 0;
+	signal(SIGPIPE, SIG_IGN); /* before the workers: threads.c then skips their sigaction */
+	(void)threads_futex_hash(strtoull(argv[2], NULL, 10));
 	mg_init_library(0);
-	if ((ctx = mg_start(NULL, NULL, opts)) == NULL) {
+	if ((ctx = mg_start(&cb, NULL, opts)) == NULL) {
 		fprintf(stderr, "bare_civetweb: cannot listen on %s\n", ports);
 		return 1;
 	}

@@ -136,3 +136,42 @@ row "delay: max - alone p50, ms" "" "$(field delay_max_ms "$idle")" "<= 100" \
 row "failed samples" "$(field base_fail "$idle")" "$(field load_fail "$idle")" "0" ""
 row "idle conns opened / closed by server" "" \
     "$(field opened "$idle") / $(( $(field server_closed_silent "$idle") + $(field server_closed_slow "$idle") ))" "" ""
+
+# --- the ceiling: the same crowd against a bare civetweb handler ------------
+# BARE (tests/bench/bare_civetweb.c: one atomic decrement, no routing,
+# parsing, libstock, metrics or journal) with as many workers as the server
+# chose, at the same nice, with the same thread-scaling fixes: what is left is
+# civetweb's thread-per-connection model on this machine, with this tool.
+if [ -n "${BARE:-}" ] && [ "$mode" = embedded ]; then
+    workers=$(sed -n 's/^\([0-9]*\) workers.*/\1/p' <<<"$design")
+    wnice=$(sed -n 's/.*, nice \([0-9-]*\),.*/\1/p' <<<"$design")
+    kill "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    spid=
+    bport=$(free_port)
+    setsid "$BARE" "$bport" "${workers:-$N}" "${wnice:-0}" 2>"$tmp/bare.log" &
+    spid=$!
+    for _ in $(seq 1 1200); do curl -s -o /dev/null "http://127.0.0.1:$bport/buy" && break; sleep 0.05; done
+    "$CROWD" clients -addr "127.0.0.1:$bport" -n $REF -d 1s -path /buy >/dev/null # warm-up
+    b0=$(ticks)
+    bref=$("$CROWD" clients -addr "127.0.0.1:$bport" -n $REF -d "${DUR}s" -path /buy)
+    b1=$(ticks)
+    bbig=$("$CROWD" clients -addr "127.0.0.1:$bport" -n "$N" -d "${DUR}s" -path /buy)
+    b2=$(ticks)
+    echo
+    echo "ceiling: bare civetweb handler, ${workers:-$N} workers at nice ${wnice:-0}, same tool, same ${DUR} s"
+    printf '| %-38s | %17s | %17s | %-10s | %-4s |\n' "$N keep-alive clients (GET /buy)" "$REF clients (ref)" "$N clients" "vs server" ""
+    printf '|%s|%s|%s|%s|%s|\n' "----------------------------------------" "------------------:" "------------------:" "------------" "------"
+    row "first answer max ms" "$(field first_max_ms "$bref")" "$(field first_max_ms "$bbig")" \
+        "$(field first_max_ms "$big")" ""
+    row "clients never answered" "$(field none "$bref")" "$(field none "$bbig")" "$(field none "$big")" ""
+    row "answers per client min / median" "$(field count_min "$bref") / $(field count_median "$bref")" \
+        "$(field count_min "$bbig") / $(field count_median "$bbig")" \
+        "$(field count_min "$big") / $(field count_median "$big")" ""
+    row "throughput req/s (10 000 vs 64)" "$(field rps "$bref")" \
+        "$(field rps "$bbig") ($(ratio "$(field rps "$bbig")" "$(field rps "$bref")")x)" \
+        "$(ratio "$(field rps "$big")" "$(field rps "$ref")")x" ""
+    row "CPU per request us: server / tool" "$(us_per_req "$b0" "$b1" "$bref") / $(tool_us "$bref")" \
+        "$(us_per_req "$b1" "$b2" "$bbig") / $(tool_us "$bbig")" \
+        "$(us_per_req "$t1" "$t2" "$big") / $(tool_us "$big")" ""
+fi
