@@ -196,6 +196,20 @@ answer_record(struct local *l, struct commit *c, struct idem_answer *ans,
 	return 0;
 }
 
+/* Take back what answer_record marked: the key's entry is in flight again (the caller aborts it). */
+static void
+answer_unrecord(struct checkout_book *b, const struct idem_answer *ans)
+{
+	struct idem *e;
+
+	if (ans == NULL || (e = idem_find(b, ans->key, ans->key_len)) == NULL || !e->done)
+		return;
+	(void)stock_wheel_cancel(&b->wheel, &e->timer);
+	free(e->body);
+	e->body = NULL;
+	e->done = false;
+}
+
 /* ---- holds ------------------------------------------------------------------ */
 
 /*
@@ -286,6 +300,23 @@ settle(struct local *l, struct durable_pass *pass, int rc, struct pending *p)
 	return rc;
 }
 
+/*
+ * A hold whose records were not queued: give its units back and the buyer's
+ * allowance, and take back its key's answer. Under the lock and the section.
+ */
+static void
+undo_hold(struct checkout_book *b, const struct hold *h, struct stock_counter **ctr,
+    const struct idem_answer *ans)
+{
+	struct commit undo = { 0 };
+
+	for (size_t i = 0; i < h->n; i++)
+		ASSERT(stock_counter_release(ctr[i], h->items[i].quantity) == 0);
+	buyer_add(b, &undo, h->buyer, h->items, h->n, false);
+	record_free(&undo);
+	answer_unrecord(b, ans);
+}
+
 int
 checkout_local_hold(inventory_t *inv, const struct checkout_req *req, struct idem_answer *ans,
     struct checkout_view *out)
@@ -344,23 +375,8 @@ checkout_local_hold(inventory_t *inv, const struct checkout_req *req, struct ide
 	if ((rc = answer_record(l, &c, ans, out)) == 0)
 		rc = record_queue(l, &c, &pend);
 	if (rc != 0) {
-		/* Nothing queued: undo in memory (the buyer counts too). */
-		struct commit undo = { 0 };
-
 		record_free(&c);
-		for (size_t i = 0; i < req->n; i++)
-			ASSERT(stock_counter_release(ctr[i], req->items[i].quantity) == 0);
-		buyer_add(b, &undo, h->buyer, h->items, h->n, false);
-		record_free(&undo);
-		if (ans != NULL) {
-			struct idem *e = idem_find(b, ans->key, ans->key_len);
-			if (e != NULL && e->done) { /* back to in flight; the caller aborts it */
-				(void)stock_wheel_cancel(&b->wheel, &e->timer);
-				free(e->body);
-				e->body = NULL;
-				e->done = false;
-			}
-		}
+		undo_hold(b, h, ctr, ans);
 		pthread_mutex_unlock(&b->mu);
 		stock_table_read_end(l->many, &sec);
 		durable_leave(&l->guard, &pass, false);
@@ -456,6 +472,66 @@ unpay(struct checkout_book *b, struct hold *h)
 	book_arm(b, &h->timer, h->expires_at_ms);
 }
 
+/*
+ * Confirm's first look, under the book's lock (held on entry, still held on
+ * return): 0 to go on (@sell set), 1 when @h is confirmed already (the same
+ * answer again, in @out), else the refusal.
+ */
+static int
+confirm_begin(struct hold *h, const struct checkout_req *part, uint64_t *sell,
+    struct checkout_view *out)
+{
+	if (h->status == HOLD_CONFIRMED) {
+		view_hold(h, out);
+		return 1;
+	}
+	if (h->status != HOLD_HELD || h->paying)
+		return not_held(h, out);
+	return confirm_amounts(h, part, sell);
+}
+
+/*
+ * Charge for what this confirm sells. Entered with the book's lock held,
+ * returns without it. While paying: no expiry, cancel or second confirm
+ * until the sale is committed or given up. The hold outlives the call: only
+ * the expiry thread frees holds, and only finished ones.
+ */
+static int
+confirm_charge(struct checkout_book *b, struct hold *h, const uint64_t *sell, checkout_pay_fn pay,
+    void *pay_arg, struct checkout_view *out)
+{
+	int rc;
+
+	h->paying = true;
+	view_hold(h, out);
+	out->n = 0;
+	for (size_t i = 0; i < h->n; i++)
+		if (sell[i] > 0) {
+			out->items[out->n] = h->items[i];
+			out->items[out->n++].quantity = sell[i];
+		}
+	pthread_mutex_unlock(&b->mu);
+	if ((rc = pay(out, pay_arg)) != 0) {
+		pthread_mutex_lock(&b->mu);
+		unpay(b, h);
+		view_hold(h, out);
+		out->pay_failed = true;
+		pthread_mutex_unlock(&b->mu);
+	}
+	return rc;
+}
+
+/* Paid, but the sale could not start: a retry charges again with the same key. */
+static void
+confirm_unpay(struct checkout_book *b, struct hold *h, checkout_pay_fn pay)
+{
+	if (pay == NULL)
+		return;
+	pthread_mutex_lock(&b->mu);
+	unpay(b, h);
+	pthread_mutex_unlock(&b->mu);
+}
+
 int
 checkout_local_confirm(inventory_t *inv, const char *id, size_t len,
     const struct checkout_req *part, checkout_pay_fn pay, void *pay_arg, struct idem_answer *ans,
@@ -474,66 +550,28 @@ checkout_local_confirm(inventory_t *inv, const char *id, size_t len,
 	memset(out, 0, sizeof *out);
 	out->refused = -1;
 	pthread_mutex_lock(&b->mu);
-	if ((h = hold_find(b, id, len)) == NULL) {
+	if ((h = hold_find(b, id, len)) == NULL)
+		rc = STOCK_ENOENT;
+	else
+		rc = confirm_begin(h, part, sell, out);
+	if (rc != 0) {
 		pthread_mutex_unlock(&b->mu);
-		return STOCK_ENOENT;
-	}
-	if (h->status == HOLD_CONFIRMED) { /* the same answer again */
-		view_hold(h, out);
-		pthread_mutex_unlock(&b->mu);
-		return 0;
-	}
-	if (h->status != HOLD_HELD || h->paying) {
-		rc = not_held(h, out);
-		pthread_mutex_unlock(&b->mu);
-		return rc;
-	}
-	if ((rc = confirm_amounts(h, part, sell)) != 0) {
-		pthread_mutex_unlock(&b->mu);
-		return rc;
+		return rc == 1 ? 0 : rc;
 	}
 	if (pay != NULL) {
-		/* Paying: no expiry, cancel or second confirm until the sale is
-		   committed or given up. The hold outlives the call: only the
-		   expiry thread frees holds, and only finished ones. The charge
-		   is for what this confirm sells. */
-		h->paying = true;
-		view_hold(h, out);
-		out->n = 0;
-		for (size_t i = 0; i < h->n; i++)
-			if (sell[i] > 0) {
-				out->items[out->n] = h->items[i];
-				out->items[out->n++].quantity = sell[i];
-			}
-		pthread_mutex_unlock(&b->mu);
-		rc = pay(out, pay_arg);
-		if (rc != 0) {
-			pthread_mutex_lock(&b->mu);
-			unpay(b, h);
-			view_hold(h, out);
-			out->pay_failed = true;
-			pthread_mutex_unlock(&b->mu);
+		if ((rc = confirm_charge(b, h, sell, pay, pay_arg, out)) != 0)
 			return rc;
-		}
 	} else {
 		pthread_mutex_unlock(&b->mu);
 	}
 	/* Paid (or no payment): now sell, durably. */
 	if ((rc = durable_enter(&l->guard, &pass)) != 0) {
-		if (pay != NULL) { /* paid, not sold: a retry charges again with the same key */
-			pthread_mutex_lock(&b->mu);
-			unpay(b, h);
-			pthread_mutex_unlock(&b->mu);
-		}
+		confirm_unpay(b, h, pay);
 		return rc;
 	}
 	if (stock_table_read_begin(l->many, &sec) != 0) {
 		durable_leave(&l->guard, &pass, false);
-		if (pay != NULL) {
-			pthread_mutex_lock(&b->mu);
-			unpay(b, h);
-			pthread_mutex_unlock(&b->mu);
-		}
+		confirm_unpay(b, h, pay);
 		return STOCK_ENOMEM;
 	}
 	pthread_mutex_lock(&b->mu);
@@ -624,16 +662,7 @@ undo_sale(struct local *l, struct stock_counter **ctr, const struct checkout_req
 		ASSERT(stock_counter_put(ctr[i], req->items[i].quantity) == 0);
 	buyer_add(b, &undo, req->buyer, req->items, req->n, false);
 	record_free(&undo);
-	if (ans != NULL) {
-		struct idem *e = idem_find(b, ans->key, ans->key_len);
-
-		if (e != NULL && e->done) { /* back in flight: the caller aborts it */
-			(void)stock_wheel_cancel(&b->wheel, &e->timer);
-			free(e->body);
-			e->body = NULL;
-			e->done = false;
-		}
-	}
+	answer_unrecord(b, ans);
 }
 
 int

@@ -206,14 +206,11 @@ read_str(bson_iter_t *it, char *out, size_t cap)
 	return true;
 }
 
-/* A hold record back in memory: a live one reserves its units again. */
-static int
-load_hold(struct local *l, const char *id, size_t idlen, uint64_t version, const uint8_t *val,
-    size_t vlen, int64_t now)
+/* A hold record decoded into a hold sized for its items; NULL when it does not decode exactly. */
+static struct hold *
+parse_hold(const char *id, size_t idlen, uint64_t version, const uint8_t *val, size_t vlen)
 {
-	struct checkout_book *b = l->co;
 	char status[16] = "";
-	struct commit c = { 0 };
 	bson_iter_t it;
 	struct hold *h, *full;
 	bson_t v;
@@ -222,7 +219,7 @@ load_hold(struct local *l, const char *id, size_t idlen, uint64_t version, const
 	   one sized for what it holds. */
 	if (idlen != CHECKOUT_ID_LEN || !bson_init_static(&v, val, vlen) || !bson_iter_init(&it, &v) ||
 	    (h = hold_alloc(CHECKOUT_ITEMS_MAX, CHECKOUT_ITEMS_MAX)) == NULL)
-		return -1;
+		return NULL;
 	h->kind = OBJ_HOLD;
 	memcpy(h->id, id, idlen);
 	h->version = version;
@@ -245,24 +242,24 @@ load_hold(struct local *l, const char *id, size_t idlen, uint64_t version, const
 			ok = read_items(&it, h->conf, &h->nconf);
 		if (!ok) {
 			free(h);
-			return -1;
+			return NULL;
 		}
 	}
 	if (h->n == 0) {
 		free(h);
-		return -1;
+		return NULL;
 	}
 	h->status = strcmp(status, "held") == 0 ? HOLD_HELD :
 	    strcmp(status, "confirmed") == 0 ? HOLD_CONFIRMED :
 	    strcmp(status, "cancelled") == 0 ? HOLD_CANCELLED : HOLD_EXPIRED;
 	if (strcmp(status, hold_status_name(h->status)) != 0) {
 		free(h);
-		return -1;
+		return NULL;
 	}
 	full = h;
 	if ((h = hold_alloc(full->n, full->nconf > full->n ? full->nconf : full->n)) == NULL) {
 		free(full);
-		return -1;
+		return NULL;
 	}
 	{
 		struct checkout_item *items = h->items, *conf = h->conf;
@@ -277,6 +274,20 @@ load_hold(struct local *l, const char *id, size_t idlen, uint64_t version, const
 	h->node.key = h->id;
 	h->node.key_len = CHECKOUT_ID_LEN;
 	stock_wheel_timer_init(&h->timer, h);
+	return h;
+}
+
+/* A hold record back in memory: a live one reserves its units again. */
+static int
+load_hold(struct local *l, const char *id, size_t idlen, uint64_t version, const uint8_t *val,
+    size_t vlen, int64_t now)
+{
+	struct checkout_book *b = l->co;
+	struct commit c = { 0 };
+	struct hold *h = parse_hold(id, idlen, version, val, vlen);
+
+	if (h == NULL)
+		return -1;
 	if (h->status == HOLD_HELD) {
 		for (size_t i = 0; i < h->n; i++) {
 			struct stock_counter *ctr = local_counter(l, h->items[i].sku);
