@@ -47,6 +47,8 @@ sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 }
 #endif
 
+/* --- one futex bucket per worker ------------------------------------------- */
+
 #ifndef PR_FUTEX_HASH
 #define PR_FUTEX_HASH 78
 #define PR_FUTEX_HASH_SET_SLOTS 1
@@ -62,6 +64,7 @@ threads_futex_hash(uint64_t workers)
 	return prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, slots, 0, 0) == 0 ? slots : 0;
 }
 
+/* --- workers below the acceptor's priority --------------------------------- */
 
 int
 threads_nice_self(int nice)
