@@ -301,18 +301,21 @@ settle(struct local *l, struct durable_pass *pass, int rc, struct pending *p)
 }
 
 /*
- * A hold whose records were not queued: give its units back and the buyer's
- * allowance, and take back its key's answer. Under the lock and the section.
+ * A change whose commit the journal refused (nothing queued): take it back
+ * in memory - its units (held ones released, or sold ones put back when
+ * @sold), the buyer's counts, the key's answer - as if it had not happened.
+ * Under the lock and the section.
  */
 static void
-undo_hold(struct checkout_book *b, const struct hold *h, struct stock_counter **ctr,
-    const struct idem_answer *ans)
+undo_change(struct checkout_book *b, struct stock_counter **ctr, const struct checkout_item *it,
+    size_t n, const char *buyer, bool sold, const struct idem_answer *ans)
 {
 	struct commit undo = { 0 };
 
-	for (size_t i = 0; i < h->n; i++)
-		ASSERT(stock_counter_release(ctr[i], h->items[i].quantity) == 0);
-	buyer_add(b, &undo, h->buyer, h->items, h->n, false);
+	for (size_t i = 0; i < n; i++)
+		ASSERT((sold ? stock_counter_put(ctr[i], it[i].quantity) :
+		    stock_counter_release(ctr[i], it[i].quantity)) == 0);
+	buyer_add(b, &undo, buyer, it, n, false);
 	record_free(&undo);
 	answer_unrecord(b, ans);
 }
@@ -376,7 +379,7 @@ checkout_local_hold(inventory_t *inv, const struct checkout_req *req, struct ide
 		rc = record_queue(l, &c, &pend);
 	if (rc != 0) {
 		record_free(&c);
-		undo_hold(b, h, ctr, ans);
+		undo_change(b, ctr, h->items, h->n, h->buyer, false, ans);
 		pthread_mutex_unlock(&b->mu);
 		stock_table_read_end(l->many, &sec);
 		durable_leave(&l->guard, &pass, false);
@@ -646,25 +649,6 @@ checkout_local_cancel(inventory_t *inv, const char *id, size_t len, struct idem_
 
 /* ---- orders and buys --------------------------------------------------------- */
 
-/*
- * A sale whose commit the journal refused (nothing queued): take it back
- * in memory - the units, the buyer counts, the key's answer - as if it had
- * not happened. Under the lock and the section.
- */
-static void
-undo_sale(struct local *l, struct stock_counter **ctr, const struct checkout_req *req,
-    struct idem_answer *ans)
-{
-	struct checkout_book *b = l->co;
-	struct commit undo = { 0 };
-
-	for (size_t i = 0; i < req->n; i++)
-		ASSERT(stock_counter_put(ctr[i], req->items[i].quantity) == 0);
-	buyer_add(b, &undo, req->buyer, req->items, req->n, false);
-	record_free(&undo);
-	answer_unrecord(b, ans);
-}
-
 int
 checkout_local_order(inventory_t *inv, const struct checkout_req *req, struct idem_answer *ans,
     struct checkout_view *out)
@@ -710,7 +694,7 @@ checkout_local_order(inventory_t *inv, const struct checkout_req *req, struct id
 		rc = record_queue(l, &c, &pend);
 	record_free(&c);
 	if (rc != 0)
-		undo_sale(l, ctr, req, ans);
+		undo_change(b, ctr, req->items, req->n, req->buyer, true, ans);
 	else
 		stock_stat_inc(&b->orders);
 	pthread_mutex_unlock(&b->mu);
@@ -762,7 +746,7 @@ checkout_local_buy_as(inventory_t *inv, const char *sku, uint64_t n, const char 
 		if (rc != 0 && !durable)
 			rc = 0; /* write-behind, as any cache buy: the next record carries it */
 		else if (rc != 0)
-			undo_sale(l, &ctr, &req, ans);
+			undo_change(b, &ctr, req.items, req.n, req.buyer, true, ans);
 	}
 	pthread_mutex_unlock(&b->mu);
 	stock_table_read_end(l->many, &sec);
