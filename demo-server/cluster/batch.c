@@ -25,7 +25,8 @@
 struct take_req {
 	uint64_t n;
 	int rc;
-	struct sku_doc after;
+	struct sku_doc after; /* the state just after this buy's own units */
+	struct sku_doc doc;   /* the document as the round trip left it */
 	bool done;
 	struct take_req *next;
 };
@@ -66,8 +67,10 @@ take_batcher_batches(struct take_batcher *b)
 static void
 commit_each(struct take_batcher *b, struct take_req *batch)
 {
-	for (struct take_req *r = batch; r != NULL; r = r->next)
+	for (struct take_req *r = batch; r != NULL; r = r->next) {
 		r->rc = mongo_take(b->mongo, b->sku, r->n, &r->after);
+		r->doc = r->after;
+	}
 }
 
 /* One round trip for the whole batch; per-buyer takes if the total does not fit. */
@@ -89,12 +92,15 @@ commit(struct take_batcher *b, struct take_req *batch)
 	memset(&after, 0, sizeof after);
 	rc = mongo_take(b->mongo, b->sku, total, &after);
 	if (rc == 0) {
-		/* Each buyer sees the state just after its own units, in batch order. */
+		/* Each buyer sees the state just after its own units, in batch
+		   order; all of them share one version, which is the document's
+		   state `after` only (a cache keyed by version must get that). */
 		ASSERT(after.sold >= total);
 		later = total;
 		for (struct take_req *r = batch; r != NULL; r = r->next) {
 			later -= r->n;
 			r->rc = 0;
+			r->doc = after;
 			r->after = after;
 			r->after.stock = after.stock + later;
 			r->after.sold = after.sold - later;
@@ -109,11 +115,12 @@ commit(struct take_batcher *b, struct take_req *batch)
 	for (struct take_req *r = batch; r != NULL; r = r->next) {
 		r->rc = rc;
 		r->after = after;
+		r->doc = after;
 	}
 }
 
 int
-take_batcher_take(struct take_batcher *b, uint64_t n, struct sku_doc *after)
+take_batcher_take(struct take_batcher *b, uint64_t n, struct sku_doc *after, struct sku_doc *doc)
 {
 	struct take_req me = { .n = n };
 
@@ -158,5 +165,7 @@ take_batcher_take(struct take_batcher *b, uint64_t n, struct sku_doc *after)
 	}
 	pthread_mutex_unlock(&b->mu);
 	*after = me.after;
+	if (doc != NULL)
+		*doc = me.doc;
 	return me.rc;
 }

@@ -43,10 +43,14 @@ void take_batcher_destroy(struct take_batcher *b);
  * STOCK_ESOLDOUT, STOCK_ENOENT, STOCK_ESYS, STOCK_ERANGE, STOCK_ECONFLICT,
  * STOCK_EINVAL; @after = the document just after this buy's units on 0, the
  * current document on STOCK_ESOLDOUT), committed together with the buys
- * that queued meanwhile. Blocks for about one round trip (two under load).
- * Thread-safe.
+ * that queued meanwhile. @doc (may be NULL) receives the document as the
+ * round trip left it: on 0 that is the state after the whole batch, which
+ * shares @after's version but not, in general, its counts; anything that
+ * caches states by version must take @doc, never @after. Blocks for about
+ * one round trip (two under load). Thread-safe.
  */
-int take_batcher_take(struct take_batcher *b, uint64_t n, struct sku_doc *after);
+int take_batcher_take(struct take_batcher *b, uint64_t n, struct sku_doc *after,
+    struct sku_doc *doc);
 
 /** take_batcher_batches - batches committed whole so far. Thread-safe. */
 uint64_t take_batcher_batches(struct take_batcher *b);

@@ -70,7 +70,7 @@ static int
 buy_db(struct cluster *c, const char *sku, uint64_t n, struct stock_level *after)
 {
 	struct durable_pass pass;
-	struct sku_doc d;
+	struct sku_doc mine, d;
 	int rc;
 
 	/* Known sold out (until a newer state arrives): no round trip. */
@@ -78,15 +78,17 @@ buy_db(struct cluster *c, const char *sku, uint64_t n, struct stock_level *after
 		return STOCK_ESOLDOUT;
 	if ((rc = durable_enter(&c->guard, &pass)) != 0)
 		return rc;
-	rc = take_batcher_take(&c->db, n, &d);
+	rc = take_batcher_take(&c->db, n, &mine, &d);
 	durable_leave(&c->guard, &pass, rc == STOCK_ESYS);
+	/* The cache takes the document's state: a batch's buyers share its
+	   version, and only the last of them saw the state it names. */
 	if (rc == 0 || rc == STOCK_ESOLDOUT)
 		lease_offer(c->leases, sku, d.stock, d.sold, d.version, true);
 	if (rc == 0) {
-		after->remaining = d.stock;
+		after->remaining = mine.stock;
 		after->held = 0;
-		after->sold = d.sold;
-		after->version = d.version;
+		after->sold = mine.sold;
+		after->version = mine.version;
 	}
 	return rc;
 }

@@ -957,27 +957,52 @@ Test(lease, applied_but_reply_lost, .fini = t_end, .timeout = 120)
 /* Group commit of Db buys                                                 */
 /* ====================================================================== */
 
+/* Every document state the buyers were handed, by version (one per version). */
+struct db_states {
+	pthread_mutex_t mu;
+	uint64_t stock[512]; /* by version; UINT64_MAX: not seen */
+	bool one_per_version;
+};
+
 struct db_buyer {
 	struct take_batcher *b;
+	struct db_states *seen;
 	uint64_t bought, last_version;
 	int last_rc;
 	bool versions_ok;
 };
 
+static void
+db_state_seen(struct db_states *s, const struct sku_doc *doc)
+{
+	pthread_mutex_lock(&s->mu);
+	if (doc->version >= 512 || doc->stock + doc->sold != 150)
+		s->one_per_version = false;
+	else if (s->stock[doc->version] == UINT64_MAX)
+		s->stock[doc->version] = doc->stock;
+	else if (s->stock[doc->version] != doc->stock)
+		s->one_per_version = false;
+	pthread_mutex_unlock(&s->mu);
+}
+
 static void *
 db_buyer_main(void *arg)
 {
 	struct db_buyer *x = arg;
-	struct sku_doc after;
+	struct sku_doc after, doc;
 	int rc;
 
 	x->versions_ok = true;
-	while ((rc = take_batcher_take(x->b, 1, &after)) == 0) {
+	while ((rc = take_batcher_take(x->b, 1, &after, &doc)) == 0) {
 		x->bought++;
-		if (after.version <= x->last_version || after.stock + after.sold != 150)
+		if (after.version <= x->last_version || after.stock + after.sold != 150 ||
+		    after.version != doc.version || doc.stock > after.stock)
 			x->versions_ok = false;
 		x->last_version = after.version;
+		db_state_seen(x->seen, &doc);
 	}
+	if (rc == STOCK_ESOLDOUT)
+		db_state_seen(x->seen, &doc);
 	x->last_rc = rc;
 	return NULL;
 }
@@ -986,6 +1011,7 @@ Test(lease, batched_db_buys_sell_out_exactly, .fini = t_end, .timeout = 120)
 {
 	struct take_batcher b;
 	struct db_buyer by[6];
+	struct db_states seen = { .one_per_version = true };
 	pthread_t th[6];
 	struct sku_doc after;
 	struct mongo_view v;
@@ -994,12 +1020,15 @@ Test(lease, batched_db_buys_sell_out_exactly, .fini = t_end, .timeout = 120)
 
 	if (!t_begin("batched_db_buys_sell_out_exactly"))
 		return;
+	pthread_mutex_init(&seen.mu, NULL);
+	for (size_t i = 0; i < 512; i++)
+		seen.stock[i] = UINT64_MAX;
 	m = t_mongo(t.uri, 5000);
 	cr_assert_eq(mongo_seed(m, "OneStock:Db", 150), 0);
 	cr_assert_eq(take_batcher_init(&b, m, "OneStock:Db", 0), 0);
-	cr_expect_eq(take_batcher_take(&b, 0, &after), STOCK_EINVAL);
+	cr_expect_eq(take_batcher_take(&b, 0, &after, NULL), STOCK_EINVAL);
 	for (int i = 0; i < 6; i++) {
-		by[i] = (struct db_buyer){ .b = &b };
+		by[i] = (struct db_buyer){ .b = &b, .seen = &seen };
 		cr_assert_eq(pthread_create(&th[i], NULL, db_buyer_main, &by[i]), 0);
 	}
 	for (int i = 0; i < 6; i++) {
@@ -1011,7 +1040,15 @@ Test(lease, batched_db_buys_sell_out_exactly, .fini = t_end, .timeout = 120)
 	}
 	cr_expect_eq(total, 150);
 	cr_expect_geq(take_batcher_batches(&b), 1);
+	/* A cache keyed by version (the Db peek) is fed @doc: one state per
+	   version, or a batch's first buyer would leave units showing after
+	   the document sold out. */
+	cr_expect(seen.one_per_version, "two buyers were handed different documents of one version");
+	pthread_mutex_destroy(&seen.mu);
 	v = t_view(m, "OneStock:Db");
+	cr_assert_lt(v.doc.version, 512);
+	cr_expect_eq(seen.stock[v.doc.version], 0, "the sold-out version's document was handed as %llu",
+	    (unsigned long long)seen.stock[v.doc.version]);
 	cr_expect_eq(v.doc.sold, 150);
 	cr_expect_eq(v.doc.stock, 0);
 	take_batcher_destroy(&b);
