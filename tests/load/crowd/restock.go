@@ -57,6 +57,7 @@ func cmdRestock(args []string) {
 	n := fs.Int("n", 20, "rounds")
 	units := fs.Int("units", 200, "units per restock")
 	limit := fs.Duration("limit", 10*time.Second, "give up on a round after this")
+	verbose := fs.Bool("v", false, "print each sample (round, instance, ms, 409s before the 200)")
 	fs.Parse(args)
 	loopback(*admin)
 	buyers := strings.Split(*buy, ",")
@@ -84,24 +85,33 @@ func cmdRestock(args []string) {
 			die("restock: admin answered %d", s)
 		}
 		t0 := time.Now()
-		done := make(chan time.Duration, len(ks))
-		for _, k := range ks {
-			go func(k *kconn) {
+		type sample struct {
+			inst, refused int
+			d             time.Duration
+		}
+		done := make(chan sample, len(ks))
+		for i, k := range ks {
+			go func(i int, k *kconn) {
+				refused := 0
 				for time.Since(t0) < *limit {
 					if k.do(buyReq) == 200 {
-						done <- time.Since(t0)
+						done <- sample{i, refused, time.Since(t0)}
 						return
 					}
+					refused++
 				}
-				done <- -1
-			}(k)
+				done <- sample{i, refused, -1}
+			}(i, k)
 		}
 		for range ks {
-			d := <-done
-			if d < 0 {
+			x := <-done
+			if x.d < 0 {
 				die("restock: an instance did not sell within %s", *limit)
 			}
-			samples = append(samples, d)
+			if *verbose {
+				fmt.Printf("round %d instance %s: %.2f ms, %d refused first\n", r, buyers[x.inst], ms(x.d), x.refused)
+			}
+			samples = append(samples, x.d)
 		}
 	}
 	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
