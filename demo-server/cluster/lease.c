@@ -96,6 +96,23 @@ pool_known(struct lease_entry *e, bool *current)
 }
 
 /*
+ * The pool to size a grant on: the pool as last read, or, when a newer
+ * version was learnt since (a bus event, whose remaining counts the pool and
+ * every lease's unsold units), that remaining if larger. A restock seen on
+ * the bus then gets a grant of its size at once instead of one unit; an
+ * estimate that proves too big costs one refused round trip (refill).
+ */
+static uint64_t
+pool_estimate(struct lease_entry *e)
+{
+	struct lease_peek p;
+	uint64_t recorded, pool, pool_version;
+
+	lease__cache_read(&e->cache, &p, &recorded, &pool, &pool_version);
+	return pool_version == p.version || p.remaining < pool ? pool : p.remaining;
+}
+
+/*
  * Units to ask for: about a second of this instance's recent sales, at least
  * --lease-block, at most 1/8 of the pool (so the last units spread across
  * instances), at least @n. Entry lock held.
@@ -103,8 +120,7 @@ pool_known(struct lease_entry *e, bool *current)
 static uint64_t
 grant_size(struct lease_mgr *m, struct lease_entry *e, uint64_t n)
 {
-	bool current;
-	uint64_t pool = pool_known(e, &current);
+	uint64_t pool = pool_estimate(e);
 	uint64_t want = e->rate > m->opt.block ? e->rate : m->opt.block;
 
 	if (want > pool / 8)

@@ -436,7 +436,9 @@ struct claim_run {
 	struct mongo_view cur;   /* the base: a state of the chain */
 	struct mongo_view next;  /* what fn computed from cur */
 	bool have;               /* cur holds a base */
-	uint64_t read_at;        /* cur was read (rolled forward) then; 0: remembered or walked to */
+	bool verify;             /* the next base is read and rolled forward (an answer needs it) */
+	uint64_t read_at;        /* cur was read (rolled forward) then; 0: remembered, walked to
+	                            or read without rolling forward */
 	uint64_t anchor;         /* when cur's chain position was last seen as the last */
 	int lost;                /* claims lost in a row */
 	bool prune;              /* this commit is a CLAIM_PRUNE_EVERY-th one */
@@ -493,7 +495,14 @@ claim_base(struct claim_run *r, struct mongo_view *out)
 		return CLAIM_READY;
 	}
 	s->valid = false;
-	rc = read_latest(r->m, r->client, r->sku, &r->cur, &extra);
+	/* Optimistic: the document is usually the last state (every commit
+	   copies itself into it), so claim on it as read and save the lookup
+	   that would prove it; a claim on a lagging document just loses. Only
+	   an answer needs the proof (r->verify, claim_answer). */
+	if (r->verify)
+		rc = read_latest(r->m, r->client, r->sku, &r->cur, &extra);
+	else
+		rc = mongo_read_doc(r->m, r->client, r->sku, &r->cur, &extra);
 	if (rc == STOCK_ENOENT)
 		return claim_create(r, t0, out);
 	if (rc != 0)
@@ -503,7 +512,8 @@ claim_base(struct claim_run *r, struct mongo_view *out)
 		    r->sku, MONGO_LEASES_MAX);
 		return STOCK_ESYS;
 	}
-	r->read_at = r->anchor = t0;
+	r->read_at = r->verify ? t0 : 0;
+	r->anchor = t0;
 	r->have = true;
 	return CLAIM_READY;
 }
@@ -515,6 +525,7 @@ claim_answer(struct claim_run *r, int rc, struct mongo_view *out)
 	if (r->read_at == 0) {
 		/* Answer only from the latest state, read for this call. */
 		r->have = false;
+		r->verify = true;
 		r->slot->valid = false;
 		return CLAIM_LOST; /* not counted as lost: the next round reads */
 	}
@@ -551,9 +562,21 @@ claim_try(struct claim_run *r, struct mongo_view *out)
 		r->have = false; /* too long behind: from the document again */
 		return CLAIM_LOST;
 	}
+	t0 = stock_now_ns();
+	if (r->lost == 1) {
+		/* First loss: one writer got in between, most likely. Hop to its
+		   state (it exists: our insert met its claim) and claim on that,
+		   without the lookup that would prove it the last: if it is not,
+		   this claim loses too and the next loss walks. */
+		rc = claim_find(r->m, r->client, r->sku, r->cur.doc.version, &r->cur, NULL, &r->e);
+		if (rc == STOCK_ENOENT)
+			r->have = false; /* pruned meanwhile (far behind): read again */
+		else if (rc != 0)
+			return rc;
+		return CLAIM_LOST;
+	}
 	/* Walk to the last state from ours (a chain state); what it ends on was
 	   the last after the walk began: the new anchor. */
-	t0 = stock_now_ns();
 	if ((rc = chain_forward(r->m, r->client, &r->cur, false)) != 0)
 		return rc;
 	r->anchor = t0;
