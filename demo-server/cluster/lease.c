@@ -222,16 +222,16 @@ take_slow(struct lease_mgr *m, struct lease_entry *e, uint64_t n)
 		stock_stat_inc(&m->st.busy);
 		return STOCK_EBUSY;
 	}
+	/* This buyer waits on a refill: its own, or one in flight. */
+	stock_stat_inc(&m->st.buyer_refills);
+	stock_gauge_set(&m->st.buyer_refill_last_ms, (uint64_t)util_wall_ms());
 	pthread_mutex_lock(&e->mu);
 	/* Whoever held the entry may have refilled, or learnt it is empty. */
 	if ((rc = stock_counter_take(e->ctr, n)) == STOCK_ESOLDOUT) {
-		if (pool_known(e, &current) < n && current) {
+		if (pool_known(e, &current) < n && current)
 			stock_stat_inc(&m->st.soldout_fast);
-		} else {
-			stock_stat_inc(&m->st.buyer_refills);
-			stock_gauge_set(&m->st.buyer_refill_last_ms, (uint64_t)util_wall_ms());
+		else
 			rc = refill(m, e, n, n);
-		}
 	}
 	pthread_mutex_unlock(&e->mu);
 	stock_permits_release(&e->waiters, 1);
@@ -393,13 +393,32 @@ tend_record(struct lease_mgr *m, struct lease_entry *e, uint64_t now)
 	stock_stat_inc(&m->st.records);
 }
 
+/*
+ * Active and below one grant (about a second of sales): refill ahead of the
+ * buyers, before recording (a grant records the sales too), so that buyers
+ * never wait behind a record. A round trip can take a second when the store
+ * stalls; the counter then still holds about a second of sales. Returns
+ * whether a grant was made (a failure is retried next tick; buyers refill
+ * too). Entry lock held.
+ */
+static bool
+refill_ahead(struct lease_mgr *m, struct lease_entry *e, const struct stock_level *l,
+    uint64_t last_sale, uint64_t idle_for)
+{
+	bool current;
+
+	if (last_sale == 0 || idle_for >= ms_ns(m->opt.idle_ms) ||
+	    l->remaining >= grant_size(m, e, 1) || pool_known(e, &current) == 0)
+		return false;
+	return refill(m, e, 1, 0) == 0;
+}
+
 /* One SKU's round trips for this tick. */
 static void
 tend(struct lease_mgr *m, struct lease_entry *e, bool closing)
 {
 	uint64_t now, last_sale, idle_for;
 	struct stock_level l;
-	bool current;
 
 	pthread_mutex_lock(&e->mu);
 	if (lease__resolve(m, e) < 0 || e->broken) {
@@ -413,16 +432,11 @@ tend(struct lease_mgr *m, struct lease_entry *e, bool closing)
 	idle_for = now > last_sale ? now - last_sale : 0;
 	measure_rate(e, now);
 	stock_counter_read(e->ctr, &l);
-	if (closing || (l.remaining > 0 && idle_for >= ms_ns(m->opt.idle_ms)))
+	if (closing || (l.remaining > 0 && idle_for >= ms_ns(m->opt.idle_ms))) {
 		tend_return(m, e);
-	else
+	} else if (!refill_ahead(m, e, &l, last_sale, idle_for)) {
 		tend_record(m, e, now);
-	/* Active and running low: refill ahead of the buyers. */
-	stock_counter_read(e->ctr, &l);
-	if (!closing && !e->u.pending && !e->broken && last_sale != 0 &&
-	    idle_for < ms_ns(m->opt.idle_ms) && l.remaining < grant_size(m, e, 1) / 2 + 1 &&
-	    pool_known(e, &current) > 0)
-		(void)refill(m, e, 1, 0); /* a failure is retried next tick; buyers refill too */
+	}
 	pthread_mutex_unlock(&e->mu);
 }
 

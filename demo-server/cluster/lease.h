@@ -52,7 +52,7 @@ struct lease_stats {
 	uint64_t polls, events_applied;
 	uint64_t soldout_fast; /* sold-out answers from memory */
 	uint64_t busy;         /* buyers refused: the SKU's refill bulkhead was full */
-	uint64_t buyer_refills; /* refills a buyer waited for (its lease was empty) */
+	uint64_t buyer_refills; /* buyers that found the lease empty and waited on a refill */
 	uint64_t buyer_refill_last_ms; /* unix ms of the last of them; 0: none */
 };
 

@@ -205,10 +205,10 @@ lease_metrics(struct cluster *c, struct buf *out)
 	    "Sold-out answers from memory: the newest known state is short (no MongoDB round trip).",
 	    ls.soldout_fast);
 	prom_counter_u64(out, "stock_lease_buyer_refills_total",
-	    "Refills a buyer waited for, its lease empty (steady state: grants arrive ahead of demand).",
+	    "Buyers that found the lease empty and waited on a refill, theirs or one in flight (steady state: grants arrive ahead of demand).",
 	    ls.buyer_refills);
 	prom_family(out, "stock_lease_buyer_refill_last_timestamp_seconds", "gauge",
-	    "Unix time of the last refill a buyer waited for; 0: none yet.");
+	    "Unix time a buyer last waited on a refill; 0: none yet.");
 	buf_printf(out, "stock_lease_buyer_refill_last_timestamp_seconds %llu.%03llu\n",
 	    (unsigned long long)(ls.buyer_refill_last_ms / 1000),
 	    (unsigned long long)(ls.buyer_refill_last_ms % 1000));
