@@ -1066,6 +1066,42 @@ Test(lease, batched_db_buys_sell_out_exactly, .fini = t_end, .timeout = 120)
  * here a restock written straight to MongoDB, which only the poll sees.
  * Db (read-through) likewise, from its cached document.
  */
+/*
+ * Grants arrive ahead of demand: once the counter is below one grant and
+ * sales are recent, the lease thread refills on its own, so the next buyer
+ * does not wait. With the threshold at half a grant (before), 49 of 50
+ * units left would not have refilled.
+ */
+Test(lease, refills_ahead_below_one_grant, .fini = t_end, .timeout = 120)
+{
+	struct lease_stats st;
+	struct stock_level l;
+	struct inst a;
+
+	if (!t_begin("refills_ahead_below_one_grant"))
+		return;
+	t_inst(&a, "A", t_mongo(t.uri, 5000));
+	a.opt.idle_ms = 60000; /* sales stay recent for the whole test */
+	cr_assert_eq(mongo_seed(a.mongo, "NVDA", 100000), 0);
+	cr_assert_eq(mongo_seed(a.mongo, "OneStock:Db", 0), 0);
+	cr_assert_eq(t_open(&a, "NVDA"), 0);
+	cr_assert_eq(lease_take(a.mgr, "NVDA", 1, NULL), 0); /* the first grant: 50, one sold */
+	lease_stats(a.mgr, &st);
+	cr_expect_eq(st.buyer_refills, 1, "the first buyer waits on the first grant");
+	cr_assert(T_UNTIL((lease_stats(a.mgr, &st), st.grants >= 2), 10000),
+	    "no grant ahead of demand with 49 of a 50-unit grant left");
+	stock_counter_read(&a.ctr, &l);
+	cr_expect_geq(l.remaining, 50, "counter %llu after the grant ahead",
+	    (unsigned long long)l.remaining);
+	for (int i = 0; i < 49; i++)
+		cr_assert_eq(lease_take(a.mgr, "NVDA", 1, NULL), 0);
+	lease_stats(a.mgr, &st);
+	cr_expect_eq(st.buyer_refills, 1, "a buyer waited although a grant came ahead");
+	t_close(&a);
+	t_check(a.mongo, "NVDA", 100000);
+	mongo_close(a.mongo);
+}
+
 Test(lease, soldout_from_memory_until_restock, .fini = t_end, .timeout = 120)
 {
 	struct lease_stats before, after;
