@@ -1053,6 +1053,10 @@ MONGO_TEST(mongo_claims, open_logs_the_mode)
 	"{\"$set\": {\"stock\": {\"$numberLong\": \"47\"}, \"sold\": {\"$numberLong\": \"3\"}, " \
 	"\"version\": {\"$numberLong\": \"4\"}}}"
 
+#define REGRESS_TO_4_EMPTY                                                                    \
+	"{\"$set\": {\"stock\": {\"$numberLong\": \"0\"}, \"sold\": {\"$numberLong\": \"3\"}, "  \
+	"\"version\": {\"$numberLong\": \"4\"}}}"
+
 static int
 note_version(const struct mongo_view *v, void *arg)
 {
@@ -1119,6 +1123,19 @@ MONGO_TEST(mongo_claims, regressed_document_is_rolled_forward)
 	cr_expect_eq(raw_claims_of(x.p->db, sku), 14, "one claim per write, none for sold out");
 	cr_expect_eq(raw_last_claim_version(x.p->db, sku), 15);
 	cr_expect_eq(raw_doc_version(x.p->db, sku), 15);
+
+	/* A base read from the document is not proven the last: a write that
+	   would refuse on it (stock 0 at version 4) decides on the latest
+	   state instead (stock 5 after a restock), read for the purpose. */
+	cr_assert_eq(mongo_adjust(m2, sku, false, 5, &d), 0);
+	cr_expect_eq(d.version, 16);
+	raw_update(x.p->db, "OneStock", filter, REGRESS_TO_4_EMPTY);
+	mongo_close(m2);
+	m2 = place_open(p2); /* nothing remembered */
+	cr_assert_eq(mongo_take(m2, sku, 1, &d), 0, "refused on a lagging document");
+	cr_expect_eq(d.version, 17);
+	cr_expect_eq(d.stock, 4);
+	cr_expect_eq(d.sold, 54);
 	mongo_close(m2);
 	free(p2); /* the same database: dropped with x */
 	mfx_fini(&x);
