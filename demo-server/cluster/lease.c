@@ -206,14 +206,17 @@ peek_entry(struct lease_entry *e, struct lease_peek *out)
 /*
  * Our counter had fewer than @n: known sold out (the pool, read at the
  * newest version we know, is short too), or wait for the entry (bounded by
- * the SKU's bulkhead) and grant @n units for ourselves.
+ * the SKU's bulkhead) and grant @n units for ourselves. @reserve: the units
+ * are to be held in the counter (reserved), not taken; a refill's units go
+ * to the caller outside the counter either way (*@kept then true).
  */
 static int
-take_slow(struct lease_mgr *m, struct lease_entry *e, uint64_t n)
+take_slow(struct lease_mgr *m, struct lease_entry *e, uint64_t n, bool reserve, bool *kept)
 {
 	bool current;
 	int rc;
 
+	*kept = false;
 	if (pool_known(e, &current) < n && current) {
 		stock_stat_inc(&m->st.soldout_fast);
 		return STOCK_ESOLDOUT;
@@ -227,36 +230,106 @@ take_slow(struct lease_mgr *m, struct lease_entry *e, uint64_t n)
 	stock_gauge_set(&m->st.buyer_refill_last_ms, (uint64_t)util_wall_ms());
 	pthread_mutex_lock(&e->mu);
 	/* Whoever held the entry may have refilled, or learnt it is empty. */
-	if ((rc = stock_counter_take(e->ctr, n)) == STOCK_ESOLDOUT) {
+	rc = reserve ? stock_counter_reserve(e->ctr, n) : stock_counter_take(e->ctr, n);
+	if (rc == STOCK_ESOLDOUT) {
 		if (pool_known(e, &current) < n && current)
 			stock_stat_inc(&m->st.soldout_fast);
-		else
-			rc = refill(m, e, n, n);
+		else if ((rc = refill(m, e, n, n)) == 0)
+			*kept = true;
 	}
 	pthread_mutex_unlock(&e->mu);
 	stock_permits_release(&e->waiters, 1);
 	return rc;
 }
 
+/* A sale of @n from @e's lease is final: in the ledger before the reply. */
+static void
+sold(struct lease_entry *e, uint64_t n, struct lease_peek *after)
+{
+	ledger_add_sold(e->slot, n); /* a kill -9 cannot lose it */
+	stock_gauge_set(&e->last_sale_ns, stock_now_ns());
+	if (after != NULL)
+		peek_entry(e, after);
+}
+
 int
 lease_take(lease_mgr_t *m, const char *sku, uint64_t n, struct lease_peek *after)
 {
 	struct lease_entry *e = find(m, sku);
+	bool kept;
 	int rc;
 
 	if (e == NULL || !e->leased)
 		return STOCK_ENOENT;
 	rc = stock_counter_take(e->ctr, n);
 	if (rc == STOCK_ESOLDOUT)
-		rc = take_slow(m, e, n);
+		rc = take_slow(m, e, n, false, &kept);
 	if (rc != 0)
 		return rc;
-	/* In the ledger before the reply: a kill -9 cannot lose it. */
-	ledger_add_sold(e->slot, n);
-	stock_gauge_set(&e->last_sale_ns, stock_now_ns());
-	if (after != NULL)
-		peek_entry(e, after);
+	sold(e, n, after);
 	return 0;
+}
+
+int
+lease_hold_all(lease_mgr_t *m, const char *const *skus, const uint64_t *n, size_t count,
+    struct lease_holding *h, size_t *refused)
+{
+	size_t i;
+	int rc = 0;
+
+	h->n = 0;
+	if (count == 0 || count > LEASE_TAKE_ALL_MAX)
+		return STOCK_EINVAL;
+	for (i = 0; i < count; i++) {
+		struct lease_entry *e = find(m, skus[i]);
+
+		if (e == NULL || !e->leased) {
+			rc = STOCK_ENOENT;
+			break;
+		}
+		for (size_t j = 0; j < i; j++)
+			if (h->e[j] == e)
+				rc = STOCK_EINVAL; /* a SKU twice */
+		if (rc != 0)
+			break;
+		h->e[i] = e;
+		h->q[i] = n[i];
+		h->kept[i] = false;
+		/* Held in the counter, or kept out of it by a refill. */
+		rc = stock_counter_reserve(e->ctr, n[i]);
+		if (rc == STOCK_ESOLDOUT)
+			rc = take_slow(m, e, n[i], true, &h->kept[i]);
+		if (rc != 0)
+			break;
+		h->n = i + 1;
+	}
+	if (rc != 0) {
+		*refused = i;
+		lease_release_held(m, h);
+	}
+	return rc;
+}
+
+void
+lease_release_held(lease_mgr_t *m, struct lease_holding *h)
+{
+	(void)m;
+	for (size_t i = h->n; i-- > 0;)
+		ASSERT((h->kept[i] ? stock_counter_restock(h->e[i]->ctr, h->q[i]) :
+		    stock_counter_release(h->e[i]->ctr, h->q[i])) == 0);
+	h->n = 0;
+}
+
+int
+lease_sell_held(lease_mgr_t *m, struct lease_holding *h, struct lease_peek *after)
+{
+	for (size_t i = 0; i < h->n; i++) {
+		if (!h->kept[i])
+			ASSERT(stock_counter_commit(h->e[i]->ctr, h->q[i]) == 0);
+		sold(h->e[i], h->q[i], after != NULL ? &after[i] : NULL);
+	}
+	h->n = 0;
+	return ledger_sync(m->ledger); /* STOCK_ESYS: sold, not known to be on disk */
 }
 
 bool
@@ -524,7 +597,7 @@ run(void *arg)
 		   sales, MongoDB up or not: what a power loss can cost. */
 		total = ledger_total(m);
 		if (total != synced_total && now - last_sync >= ms_ns(m->opt.record_ms)) {
-			ledger_sync(m->ledger);
+			(void)ledger_sync(m->ledger);
 			synced_total = total;
 			last_sync = now;
 		}
@@ -741,7 +814,7 @@ lease_open(lease_mgr_t **out, const struct lease_options *opt, const char *const
 		if (rc != 0)
 			goto fail;
 	}
-	ledger_sync(m->ledger);
+	(void)ledger_sync(m->ledger);
 	if ((rc = index_build(m)) != 0)
 		goto fail;
 	if (pthread_create(&m->thread, NULL, run, m) != 0) {

@@ -99,6 +99,41 @@ int lease_open(lease_mgr_t **out, const struct lease_options *opt, const char *c
  */
 int lease_take(lease_mgr_t *m, const char *sku, uint64_t n, struct lease_peek *after);
 
+/* Items of one lease_hold_all (an order's distinct SKUs). */
+#define LEASE_TAKE_ALL_MAX 16
+
+/* Units held for one all-or-nothing sale (lease_hold_all); callers never look inside. */
+struct lease_holding {
+	size_t n;
+	struct lease_entry *e[LEASE_TAKE_ALL_MAX];
+	uint64_t q[LEASE_TAKE_ALL_MAX];
+	bool kept[LEASE_TAKE_ALL_MAX]; /* a refill's units, held outside the counter */
+};
+
+/**
+ * lease_hold_all - hold @n[i] units of each of the @count distinct leased
+ * SKUs @skus[i] (reserved in its counter, refilling as lease_take does),
+ * all or nothing: 0 with everything in @h, to be sold (lease_sell_held) or
+ * given back (lease_release_held) without delay, or the first refusal with
+ * *@refused its index and nothing held: lease_take's codes, STOCK_EINVAL
+ * (@count 0 or above LEASE_TAKE_ALL_MAX, or a SKU twice). Thread-safe.
+ */
+int lease_hold_all(lease_mgr_t *m, const char *const *skus, const uint64_t *n, size_t count,
+    struct lease_holding *h, size_t *refused);
+
+/**
+ * lease_sell_held - sell everything @h holds: recorded in the ledger, and
+ * the ledger written to disk (msync), before returning 0 (@after[i], may be
+ * NULL: each SKU's peek after). A kill -9 between two of the records sells
+ * part of a sale that was never answered: units lost, never sold twice.
+ * STOCK_ESYS: sold, but the ledger could not be written to disk (a power
+ * loss could undo it).
+ */
+int lease_sell_held(lease_mgr_t *m, struct lease_holding *h, struct lease_peek *after);
+
+/** lease_release_held - give back everything @h holds: nothing was sold. */
+void lease_release_held(lease_mgr_t *m, struct lease_holding *h);
+
 /**
  * lease_soldout - true when @sku is a read-through (not leased) SKU whose
  * newest known state has fewer than @n units: a buy would be refused (a

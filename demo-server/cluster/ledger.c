@@ -230,9 +230,11 @@ ledger_set_sold(struct ledger_slot *s, uint64_t sold)
 	__atomic_store_n(&s->sold, sold, __ATOMIC_RELEASE);
 }
 
-void
+int
 ledger_sync(struct ledger *l)
 {
-	if (msync(l->f, sizeof *l->f, MS_SYNC) != 0)
-		log_warn("lease", "msync of %s: %s", l->path, strerror(errno));
+	if (msync(l->f, sizeof *l->f, MS_SYNC) == 0)
+		return 0;
+	log_warn("lease", "msync of %s: %s", l->path, strerror(errno));
+	return STOCK_ESYS;
 }

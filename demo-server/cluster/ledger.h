@@ -69,8 +69,8 @@ void ledger_set_sold(struct ledger_slot *s, uint64_t sold);
  * ledger_sync - write the mapping back and wait until it is on disk (msync
  * MS_SYNC). Without it the kernel writes dirty pages back on its own
  * schedule (up to ~30 s later), which matters only for a power loss: a killed
- * process loses nothing either way.
+ * process loses nothing either way. Returns 0 or STOCK_ESYS (logged).
  */
-void ledger_sync(struct ledger *l);
+int ledger_sync(struct ledger *l);
 
 #endif /* DEMO_CLUSTER_LEDGER_H */

@@ -355,7 +355,7 @@ static int
 no_checkout(struct mg_connection *c)
 {
 	return http_error(c, 501, "not_supported",
-	    "holds, orders, Idempotency-Key and X-Buyer-Id need the embedded store in this version");
+	    "holds, Idempotency-Key and X-Buyer-Id need the embedded store in this version");
 }
 
 /* Body {"items": [...], "ttl_ms": n} (ttl when @with_ttl). 0 or the status sent. */
@@ -407,14 +407,21 @@ create(struct app *app, struct mg_connection *c, bool hold)
 	int (*render)(const struct checkout_view *, struct buf *, void *) =
 	    hold ? render_hold : render_order;
 
-	if (!inventory_has_checkout(app->inv))
+	if (hold ? !inventory_has_checkout(app->inv) : !inventory_has_orders(app->inv))
 		return no_checkout(c);
 	if ((rc = handlers_read_body(app, c, &body)) != 0)
 		return rc;
 	/* The body first (it clears @req), then the buyer into it. */
 	if ((rc = parse_items_body(app, c, &body, hold, true, &req, &found)) != 0 ||
-	    (rc = read_buyer(c, buyer_buf, &req.buyer)) != 0 ||
-	    (rc = keyed_begin(app, c, &body, req.buyer, &k, 201, render, NULL)) != 0 ||
+	    (rc = read_buyer(c, buyer_buf, &req.buyer)) != 0) {
+		handlers_body_free(&body);
+		return rc;
+	}
+	if (req.buyer != NULL && !inventory_has_checkout(app->inv)) {
+		handlers_body_free(&body);
+		return no_checkout(c); /* buyer limits: the embedded store only, so far */
+	}
+	if ((rc = keyed_begin(app, c, &body, req.buyer, &k, 201, render, NULL)) != 0 ||
 	    (k.key != NULL && !k.active)) {
 		handlers_body_free(&body);
 		return rc;

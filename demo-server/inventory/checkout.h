@@ -31,6 +31,9 @@ enum hold_status { HOLD_HELD, HOLD_CONFIRMED, HOLD_CANCELLED, HOLD_EXPIRED };
 /** hold_status_name - "held", "confirmed", "cancelled", "expired". */
 const char *hold_status_name(enum hold_status s);
 
+/** checkout_new_id - a fresh random id "<prefix>_<32 hex digits>" into @out (CHECKOUT_ID_LEN + 1 bytes). */
+void checkout_new_id(char *out, char prefix);
+
 /* What a checkout operation did, or why it refused. */
 struct checkout_view {
 	char id[CHECKOUT_ID_LEN + 1];   /* hold or order id */

@@ -25,7 +25,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "common/assert.h"
 #include "common/smap.h"
@@ -33,18 +32,6 @@
 #include "config.h"
 #include "inventory/checkout_book.h"
 #include "log.h"
-
-const char *
-hold_status_name(enum hold_status s)
-{
-	switch (s) {
-	case HOLD_HELD: return "held";
-	case HOLD_CONFIRMED: return "confirmed";
-	case HOLD_CANCELLED: return "cancelled";
-	case HOLD_EXPIRED: return "expired";
-	}
-	return "unknown";
-}
 
 /* ---- timers ---------------------------------------------------------------- */
 
@@ -137,26 +124,6 @@ view_hold(const struct hold *h, struct checkout_view *out)
 	}
 	memcpy(out->buyer, h->buyer, sizeof out->buyer);
 	out->refused = -1;
-}
-
-static void
-new_id(char *out, char prefix)
-{
-	uint8_t r[16];
-	static const char hex[] = "0123456789abcdef";
-
-	if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
-		uint64_t a = stock_now_ns(), c = (uint64_t)(uintptr_t)out;
-		memcpy(r, &a, 8);
-		memcpy(r + 8, &c, 8);
-	}
-	out[0] = prefix;
-	out[1] = '_';
-	for (int i = 0; i < 16; i++) {
-		out[2 + 2 * i] = hex[r[i] >> 4];
-		out[3 + 2 * i] = hex[r[i] & 15];
-	}
-	out[CHECKOUT_ID_LEN] = '\0';
 }
 
 /* ---- the idempotency answer ------------------------------------------------- */
@@ -341,7 +308,7 @@ checkout_local_hold(inventory_t *inv, const struct checkout_req *req, struct ide
 		return STOCK_ENOMEM;
 	/* Everything that does not need the book is done before its lock. */
 	h->kind = OBJ_HOLD;
-	new_id(h->id, 'h');
+	checkout_new_id(h->id, 'h');
 	h->node.key = h->id;
 	h->node.key_len = CHECKOUT_ID_LEN;
 	h->status = HOLD_HELD;
@@ -368,7 +335,7 @@ checkout_local_hold(inventory_t *inv, const struct checkout_req *req, struct ide
 		return rc;
 	}
 	while (hold_find(b, h->id, CHECKOUT_ID_LEN) != NULL)
-		new_id(h->id, 'h');
+		checkout_new_id(h->id, 'h');
 	h->expires_at_ms = util_wall_ms() + (int64_t)req->ttl_ms;
 	for (size_t i = 0; i < req->n; i++)
 		record_sku(l, &c, ctr[i], req->items[i].sku);
@@ -684,7 +651,7 @@ checkout_local_order(inventory_t *inv, const struct checkout_req *req, struct id
 		record_sku(l, &c, ctr[i], req->items[i].sku);
 	}
 	buyer_add(b, &c, req->buyer, req->items, req->n, true);
-	new_id(out->id, 'o');
+	checkout_new_id(out->id, 'o');
 	out->status = HOLD_CONFIRMED;
 	out->n = req->n;
 	memcpy(out->items, req->items, req->n * sizeof req->items[0]);

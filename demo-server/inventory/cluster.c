@@ -109,6 +109,61 @@ cluster_buy(inventory_t *inv, const char *sku, uint64_t n, struct stock_level *a
 	return rc;
 }
 
+_Static_assert(LEASE_TAKE_ALL_MAX >= CHECKOUT_ITEMS_MAX, "an order's items fit one holding");
+
+/*
+ * An order: every item at once, all or nothing. The leased SKUs are held
+ * from this instance's leases first (memory, or a refill); OneStock:Db, if
+ * named, is then bought from its document (buy_db: one round trip); only
+ * then are the held units sold, on disk before the answer. A refused Db buy
+ * gives the held units back; so does a failed one (STOCK_ESYS, which may
+ * have sold the Db unit: lost, never sold twice). No idempotency answer or
+ * buyer limit in this mode (the handlers refuse those headers first).
+ */
+static int
+cluster_order(inventory_t *inv, const struct checkout_req *req, struct idem_answer *ans,
+    struct checkout_view *out)
+{
+	struct cluster *c = to_cluster(inv);
+	const char *skus[CHECKOUT_ITEMS_MAX];
+	uint64_t qty[CHECKOUT_ITEMS_MAX];
+	size_t at[CHECKOUT_ITEMS_MAX], nl = 0, refused = 0;
+	struct lease_holding h;
+	struct stock_level lvl;
+	int db = -1, rc;
+
+	memset(out, 0, sizeof *out);
+	out->refused = -1;
+	ASSERT(ans == NULL && req->buyer == NULL && req->n >= 1 && req->n <= CHECKOUT_ITEMS_MAX);
+	for (size_t i = 0; i < req->n; i++) {
+		const struct catalog_item *it = catalog_one_find(req->items[i].sku);
+
+		if (it != NULL && it->durable) {
+			db = (int)i;
+			continue;
+		}
+		skus[nl] = req->items[i].sku;
+		qty[nl] = req->items[i].quantity;
+		at[nl++] = i;
+	}
+	h.n = 0;
+	if (nl > 0 && (rc = lease_hold_all(c->leases, skus, qty, nl, &h, &refused)) != 0) {
+		out->refused = (int)at[refused];
+		return rc;
+	}
+	if (db >= 0 && (rc = buy_db(c, req->items[db].sku, req->items[db].quantity, &lvl)) != 0) {
+		lease_release_held(c->leases, &h);
+		out->refused = db;
+		return rc;
+	}
+	rc = nl > 0 ? lease_sell_held(c->leases, &h, NULL) : 0;
+	checkout_new_id(out->id, 'o');
+	out->status = HOLD_CONFIRMED;
+	out->n = req->n;
+	memcpy(out->items, req->items, req->n * sizeof req->items[0]);
+	return rc;
+}
+
 static int
 cluster_peek(inventory_t *inv, const char *sku, struct stock_level *out)
 {
@@ -288,6 +343,7 @@ static const struct inventory_ops cluster_ops = {
 	.healthy = cluster_healthy,
 	.metrics = cluster_metrics,
 	.close = cluster_close,
+	.order = cluster_order,
 };
 
 /* ---- open ------------------------------------------------------------------ */

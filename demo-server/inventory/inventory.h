@@ -45,7 +45,8 @@ struct inventory_ops {
 	void (*metrics)(inventory_t *inv, struct buf *out);
 	void (*close)(inventory_t *inv);
 	/* Checkout (inventory/checkout.h). NULL in a mode without it: then
-	   inventory_has_checkout is false and the handlers answer 501. */
+	   inventory_has_checkout is false and the handlers answer 501. A mode
+	   may serve orders (order set) without the rest (the cluster). */
 	int (*hold)(inventory_t *inv, const struct checkout_req *req, struct idem_answer *ans,
 	    struct checkout_view *out);
 	int (*hold_get)(inventory_t *inv, const char *id, size_t len, struct checkout_view *out);
@@ -183,6 +184,13 @@ static inline bool
 inventory_has_checkout(const inventory_t *inv)
 {
 	return inv->ops->hold != NULL;
+}
+
+/** inventory_has_orders - whether this mode serves POST Orders (without Idempotency-Key and X-Buyer-Id unless inventory_has_checkout). */
+static inline bool
+inventory_has_orders(const inventory_t *inv)
+{
+	return inv->ops->order != NULL;
 }
 
 /** inventory_hold - hold every item (all or nothing) for req->ttl_ms: 0 (@out: the new hold). */

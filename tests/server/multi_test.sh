@@ -197,13 +197,16 @@ for spec in "OneStock:Db /api/v1/OneStock/Db/Buy" \
 	check "sold out: $sku every instance answers 409" \
 		"[ \"\$(code POST 1 $path)\$(code POST 2 $path)\$(code POST 3 $path)\" = 409409409 ]"
 done
-# Checkout is embedded-only in this version: a documented 501, never a change.
+# Holds, keys and buyer limits are embedded-only in this version: a
+# documented 501, never a change (Orders: scenario 8).
 body='{"items":[{"sku":"NVDA","quantity":1}]}'
-co="$(code POST 1 /api/v1/Holds -d "$body")$(code POST 2 /api/v1/Orders -d "$body")"
+co="$(code POST 1 /api/v1/Holds -d "$body")"
 co="$co$(code POST 3 /api/v1/ManyStock/Cache/BuyFastAtomic/TSLA -H 'Idempotency-Key: k1')"
 co="$co$(code POST 1 /api/v1/ManyStock/Cache/BuyFastAtomic/TSLA -H 'X-Buyer-Id: b1')"
-check "cluster mode: Holds, Orders, Idempotency-Key and X-Buyer-Id answer 501 not_supported ($co)" \
-	"[ '$co' = 501501501501 ]"
+co="$co$(code POST 2 /api/v1/Orders -d "$body" -H 'Idempotency-Key: k2')"
+co="$co$(code POST 2 /api/v1/Orders -d "$body" -H 'X-Buyer-Id: b2')"
+check "cluster mode: Holds, Idempotency-Key and X-Buyer-Id answer 501 not_supported ($co)" \
+	"[ '$co' = 501501501501501 ]"
 stop_all
 for sku in OneStock:Atomic NVDA; do
 	check "after SIGTERM: $sku conserved (total $(total_of $sku) == $INITIAL), no lease held" \
@@ -500,8 +503,66 @@ done
 
 }
 
+# --- 8. orders: all or nothing across SKUs, three instances ----------------
+s8() {
+
+# Three instances sell 300 NVDA, 200 TSLA and 100 OneStock:Db through
+# concurrent orders of two SKUs each (NVDA+TSLA on 1, TSLA+Db on 2, NVDA+Db
+# on 3) until every instance is refused; then each SKU's sold count in
+# MongoDB is exactly what the 201 orders naming it carried, and a refused
+# order named its short SKU and sold nothing of the others.
+new_db
+for i in 1 2 3; do start $i --initial-stock 0 --lease-block 5 --record-ms 50; done
+for kv in NVDA:300 TSLA:200; do
+	curl -s -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+		-d "{\"restock\":${kv#*:}}" "$(url 1 /api/v1/Admin/Stock/${kv%%:*})"
+done
+curl -s -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+	-d '{"restock":100}' "$(url 1 /api/v1/Admin/Stock/OneStock:Db)"
+order_loop() { # I A B OUT: orders of 1 A + 1 B on instance I until 20 refusals in a row
+	local refused=0 st
+	: >"$4"
+	while [ $refused -lt 20 ]; do
+		st=$(curl -s -o "$4.body" -w '%{http_code}' --max-time 10 -X POST -H 'Content-Type: application/json' \
+			-d "{\"items\":[{\"sku\":\"$2\",\"quantity\":1},{\"sku\":\"$3\",\"quantity\":1}]}" \
+			"$(url "$1" /api/v1/Orders)")
+		case $st in
+		201) refused=0; echo 201 >>"$4" ;;
+		409) refused=$((refused + 1)); echo "409 $(jq -r .sku "$4.body")" >>"$4" ;;
+		*) echo "$st" >>"$4"; refused=$((refused + 1)) ;;
+		esac
+	done
+}
+order_loop 1 NVDA TSLA "$TMP/o1" & o1=$!
+order_loop 2 TSLA OneStock:Db "$TMP/o2" & o2=$!
+order_loop 3 NVDA OneStock:Db "$TMP/o3" & o3=$!
+wait $o1 $o2 $o3
+n1=$(grep -c '^201$' "$TMP/o1") n2=$(grep -c '^201$' "$TMP/o2") n3=$(grep -c '^201$' "$TMP/o3")
+other=$(cat "$TMP/o1" "$TMP/o2" "$TMP/o3" | grep -vc '^201$\|^409 ' || true)
+stop_all
+check "orders: only 201 and 409 answers ($other other)" "[ $other -eq 0 ]"
+check "orders: NVDA sold $(field NVDA .sold) == the orders naming it ($n1 + $n3)" \
+	"[ \"\$(field NVDA .sold)\" = $((n1 + n3)) ]"
+check "orders: TSLA sold $(field TSLA .sold) == the orders naming it ($n1 + $n2)" \
+	"[ \"\$(field TSLA .sold)\" = $((n1 + n2)) ]"
+check "orders: OneStock:Db sold $(field OneStock:Db .sold) == the orders naming it ($n2 + $n3)" \
+	"[ \"\$(field OneStock:Db .sold)\" = $((n2 + n3)) ]"
+check "orders: nothing oversold (NVDA $((n1 + n3)) <= 300, TSLA $((n1 + n2)) <= 200, Db $((n2 + n3)) <= 100)" \
+	"[ $((n1 + n3)) -le 300 ] && [ $((n1 + n2)) -le 200 ] && [ $((n2 + n3)) -le 100 ]"
+check "orders: OneStock:Db (sold from its document, no lease) sold out exactly: $((n2 + n3)) == 100, stock $(field OneStock:Db .stock)" \
+	"[ $((n2 + n3)) -eq 100 ] && [ \"\$(field OneStock:Db .stock)\" = 0 ]"
+for kv in NVDA:300 TSLA:200; do
+	sku=${kv%%:*}
+	check "orders: $sku conserved after SIGTERM (total $(total_of $sku) == ${kv#*:}), no lease held" \
+		"[ \"\$(total_of $sku)\" = ${kv#*:} ] && [ \"\$(held_of $sku)\" = 0 ]"
+done
+bad409=$(grep -h '^409 ' "$TMP/o1" "$TMP/o2" "$TMP/o3" | grep -cvE '^409 (NVDA|TSLA|OneStock:Db)$' || true)
+check "orders: every refusal names a SKU of the orders ($bad409 do not)" "[ $bad409 -eq 0 ]"
+
+}
+
 # MULTI_ONLY="1 3" runs only those scenarios (default: all).
-for n in ${MULTI_ONLY:-1 2 3 4 5 6 7}; do "s$n"; done
+for n in ${MULTI_ONLY:-1 2 3 4 5 6 7 8}; do "s$n"; done
 
 echo "multi: $pass passed, $fail failed"
 if [ $fail -ne 0 ]; then

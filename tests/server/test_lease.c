@@ -1067,6 +1067,70 @@ Test(lease, batched_db_buys_sell_out_exactly, .fini = t_end, .timeout = 120)
  * Db (read-through) likewise, from its cached document.
  */
 /*
+ * An order's units (lease_hold_all): every SKU held, or none; a refusal
+ * names the short one and leaves every counter as it was; held units are
+ * sold (ledger, then MongoDB) or given back.
+ */
+Test(lease, hold_all_is_all_or_nothing, .fini = t_end, .timeout = 120)
+{
+	const char *leased[] = { "NVDA", "TSLA" }, *plain[] = { "OneStock:Db" };
+	struct stock_counter c2;
+	struct stock_counter *ctrs[] = { NULL, &c2 };
+	struct lease_holding h;
+	struct lease_peek after[2];
+	struct stock_level l1, l2;
+	uint64_t two[] = { 3, 2 }, big[] = { 1, 41 };
+	const char *both[] = { "NVDA", "TSLA" }, *twice[] = { "NVDA", "NVDA" };
+	const char *unknown[] = { "NVDA", "AAPL" };
+	size_t refused = 99;
+	struct inst a;
+
+	if (!t_begin("hold_all_is_all_or_nothing"))
+		return;
+	t_inst(&a, "A", t_mongo(t.uri, 5000));
+	a.opt.idle_ms = 60000;
+	cr_assert_eq(mongo_seed(a.mongo, "NVDA", 1000), 0);
+	cr_assert_eq(mongo_seed(a.mongo, "TSLA", 40), 0);
+	cr_assert_eq(mongo_seed(a.mongo, "OneStock:Db", 0), 0);
+	cr_assert_eq(stock_counter_init(&a.ctr, STOCK_STRATEGY_ATOMIC, 0), 0);
+	cr_assert_eq(stock_counter_init(&c2, STOCK_STRATEGY_LOCKED, 0), 0);
+	ctrs[0] = &a.ctr;
+	cr_assert_eq(lease_open(&a.mgr, &a.opt, leased, ctrs, 2, plain, 1), 0);
+
+	cr_expect_eq(lease_hold_all(a.mgr, twice, two, 2, &h, &refused), STOCK_EINVAL);
+	cr_expect_eq(lease_hold_all(a.mgr, unknown, two, 2, &h, &refused), STOCK_ENOENT);
+	cr_expect_eq(refused, 1);
+	/* TSLA has 40: 41 is refused after NVDA was held, which goes back. */
+	cr_expect_eq(lease_hold_all(a.mgr, both, big, 2, &h, &refused), STOCK_ESOLDOUT);
+	cr_expect_eq(refused, 1);
+	stock_counter_read(&a.ctr, &l1);
+	cr_expect_eq(l1.held, 0, "NVDA still held after a refusal: %llu", (unsigned long long)l1.held);
+	cr_assert_eq(lease_peek(a.mgr, "NVDA", &after[0]), 0);
+	cr_expect_eq(after[0].sold, 0, "a refused order sold NVDA");
+
+	cr_assert_eq(lease_hold_all(a.mgr, both, two, 2, &h, &refused), 0);
+	lease_release_held(a.mgr, &h);
+	stock_counter_read(&a.ctr, &l1);
+	stock_counter_read(&c2, &l2);
+	cr_expect(l1.held == 0 && l2.held == 0, "held after a release: %llu, %llu",
+	    (unsigned long long)l1.held, (unsigned long long)l2.held);
+
+	cr_assert_eq(lease_hold_all(a.mgr, both, two, 2, &h, &refused), 0);
+	cr_assert_eq(lease_sell_held(a.mgr, &h, after), 0);
+	cr_expect_eq(after[0].sold, 3);
+	cr_expect_eq(after[1].sold, 2);
+	cr_expect(T_UNTIL(t_sold_is(a.mongo, "NVDA", 3) && t_sold_is(a.mongo, "TSLA", 2), 10000),
+	    "the order's sales were not recorded");
+	lease_close(a.mgr);
+	a.mgr = NULL;
+	stock_counter_destroy(&a.ctr);
+	stock_counter_destroy(&c2);
+	t_check(a.mongo, "NVDA", 1000);
+	t_check(a.mongo, "TSLA", 40);
+	mongo_close(a.mongo);
+}
+
+/*
  * Grants arrive ahead of demand: once the counter is below one grant and
  * sales are recent, the lease thread refills on its own, so the next buyer
  * does not wait. With the threshold at half a grant (before), 49 of 50

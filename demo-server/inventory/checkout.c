@@ -1,0 +1,45 @@
+/*
+ * The checkout vocabulary both modes share (checkout.h): status names and
+ * the random ids of holds and orders.
+ */
+#include <stdint.h>
+#include <sys/random.h>
+
+#include <stock.h>
+
+#include "inventory/checkout.h"
+
+const char *
+hold_status_name(enum hold_status s)
+{
+	switch (s) {
+	case HOLD_HELD: return "held";
+	case HOLD_CONFIRMED: return "confirmed";
+	case HOLD_CANCELLED: return "cancelled";
+	case HOLD_EXPIRED: return "expired";
+	}
+	return "unknown";
+}
+
+void
+checkout_new_id(char *out, char prefix)
+{
+	uint8_t r[16];
+	static const char hex[] = "0123456789abcdef";
+
+	if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+		uint64_t a = stock_now_ns(), c = (uint64_t)(uintptr_t)out;
+
+		for (int i = 0; i < 8; i++) {
+			r[i] = (uint8_t)(a >> (8 * i));
+			r[8 + i] = (uint8_t)(c >> (8 * i));
+		}
+	}
+	out[0] = prefix;
+	out[1] = '_';
+	for (int i = 0; i < 16; i++) {
+		out[2 + 2 * i] = hex[r[i] >> 4];
+		out[3 + 2 * i] = hex[r[i] & 15];
+	}
+	out[CHECKOUT_ID_LEN] = '\0';
+}
