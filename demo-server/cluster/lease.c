@@ -278,7 +278,7 @@ lease_hold_all(lease_mgr_t *m, const char *const *skus, const uint64_t *n, size_
 	int rc = 0;
 
 	h->n = 0;
-	if (count == 0 || count > LEASE_TAKE_ALL_MAX)
+	if (count == 0 || count > LEASE_HOLD_ALL_MAX)
 		return STOCK_EINVAL;
 	for (i = 0; i < count; i++) {
 		struct lease_entry *e = find(m, skus[i]);

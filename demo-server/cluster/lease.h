@@ -100,14 +100,14 @@ int lease_open(lease_mgr_t **out, const struct lease_options *opt, const char *c
 int lease_take(lease_mgr_t *m, const char *sku, uint64_t n, struct lease_peek *after);
 
 /* Items of one lease_hold_all (an order's distinct SKUs). */
-#define LEASE_TAKE_ALL_MAX 16
+#define LEASE_HOLD_ALL_MAX 16
 
 /* Units held for one all-or-nothing sale (lease_hold_all); callers never look inside. */
 struct lease_holding {
 	size_t n;
-	struct lease_entry *e[LEASE_TAKE_ALL_MAX];
-	uint64_t q[LEASE_TAKE_ALL_MAX];
-	bool kept[LEASE_TAKE_ALL_MAX]; /* a refill's units, held outside the counter */
+	struct lease_entry *e[LEASE_HOLD_ALL_MAX];
+	uint64_t q[LEASE_HOLD_ALL_MAX];
+	bool kept[LEASE_HOLD_ALL_MAX]; /* a refill's units, held outside the counter */
 };
 
 /**
@@ -116,7 +116,7 @@ struct lease_holding {
  * all or nothing: 0 with everything in @h, to be sold (lease_sell_held) or
  * given back (lease_release_held) without delay, or the first refusal with
  * *@refused its index and nothing held: lease_take's codes, STOCK_EINVAL
- * (@count 0 or above LEASE_TAKE_ALL_MAX, or a SKU twice). Thread-safe.
+ * (@count 0 or above LEASE_HOLD_ALL_MAX, or a SKU twice). Thread-safe.
  */
 int lease_hold_all(lease_mgr_t *m, const char *const *skus, const uint64_t *n, size_t count,
     struct lease_holding *h, size_t *refused);

@@ -109,7 +109,7 @@ cluster_buy(inventory_t *inv, const char *sku, uint64_t n, struct stock_level *a
 	return rc;
 }
 
-_Static_assert(LEASE_TAKE_ALL_MAX >= CHECKOUT_ITEMS_MAX, "an order's items fit one holding");
+_Static_assert(LEASE_HOLD_ALL_MAX >= CHECKOUT_ITEMS_MAX, "an order's items fit one holding");
 
 /*
  * An order: every item at once, all or nothing. The leased SKUs are held
