@@ -89,10 +89,11 @@ BENCH_BIN := $(O)/bench/bench_counters
 
 # demo-server: one folder per part (docs/server.md "Architecture"). libmongoc
 # (MongoDB), libbson and hiredis (Redis pub/sub) come from Debian's
-# libmongoc-dev, libbson-dev and libhiredis-dev.
-BSON_CFLAGS := $(shell pkg-config --cflags libbson-1.0 libmongoc-1.0 hiredis 2>/dev/null)
-BSON_LIBS   := $(shell pkg-config --libs libmongoc-1.0 libbson-1.0 hiredis 2>/dev/null || \
-                 echo -lmongoc-1.0 -lbson-1.0 -lhiredis)
+# libmongoc-dev, libbson-dev and libhiredis-dev; libcrypto (SHA-256 of the
+# buyer-limit documents' ids) from libssl-dev.
+BSON_CFLAGS := $(shell pkg-config --cflags libbson-1.0 libmongoc-1.0 hiredis libcrypto 2>/dev/null)
+BSON_LIBS   := $(shell pkg-config --libs libmongoc-1.0 libbson-1.0 hiredis libcrypto 2>/dev/null || \
+                 echo -lmongoc-1.0 -lbson-1.0 -lhiredis -lcrypto)
 CIVETWEB_LIBS := -lcivetweb
 SRVCFLAGS = $(APPCFLAGS) -Idemo-server $(BSON_CFLAGS)
 SRV_LIBS   = $(STLIB) $(BSON_LIBS) $(CIVETWEB_LIBS) $(LIBS_PRIV)
@@ -119,7 +120,8 @@ BENCH_STORE_BIN  := $(O)/bench/bench_store
 
 # Debian packages the library, its tests and its benchmarks need.
 DEPS_PKGS := gcc libc6-dev binutils make pkg-config libck-dev libcriterion-dev libbson-dev \
-             libcivetweb-dev libmongoc-dev libhiredis-dev curl jq wrk siege redis-server redis-tools
+             libcivetweb-dev libmongoc-dev libhiredis-dev libssl-dev curl jq wrk siege redis-server \
+             redis-tools
 
 .PHONY: all run lib static shared examples run-examples test unit check server-test multi-test check-tsan check-asan \
         bench bench-store bench-http bench-history fuzz fuzz-build install uninstall deps deps-pkgs clean test-install

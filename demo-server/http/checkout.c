@@ -260,7 +260,7 @@ keyed_begin(struct app *app, struct mg_connection *c, const struct req_body *bod
 	memset(k, 0, sizeof *k);
 	if ((rc = read_key(c, &k->key, &k->klen)) != 0 || k->key == NULL)
 		return rc;
-	if (!inventory_has_checkout(app->inv))
+	if (!inventory_has_keys(app->inv))
 		return http_error(c, 501, "not_supported",
 		    "Idempotency-Key needs the embedded store in this version");
 	fingerprint(c, body, buyer, &k->req);
@@ -355,7 +355,7 @@ static int
 no_checkout(struct mg_connection *c)
 {
 	return http_error(c, 501, "not_supported",
-	    "holds, Idempotency-Key and X-Buyer-Id need the embedded store in this version");
+	    "holds and Idempotency-Key need the embedded store in this version");
 }
 
 /* Body {"items": [...], "ttl_ms": n} (ttl when @with_ttl). 0 or the status sent. */
@@ -417,9 +417,9 @@ create(struct app *app, struct mg_connection *c, bool hold)
 		handlers_body_free(&body);
 		return rc;
 	}
-	if (req.buyer != NULL && !inventory_has_checkout(app->inv)) {
+	if (req.buyer != NULL && !inventory_has_buyers(app->inv)) {
 		handlers_body_free(&body);
-		return no_checkout(c); /* buyer limits: the embedded store only, so far */
+		return no_checkout(c);
 	}
 	if ((rc = keyed_begin(app, c, &body, req.buyer, &k, 201, render, NULL)) != 0 ||
 	    (k.key != NULL && !k.active)) {
@@ -572,7 +572,7 @@ checkout_buy(struct app *app, struct mg_connection *c, const char *sku, uint64_t
 	if (mg_get_header(c, "X-Buyer-Id") == NULL && mg_get_header(c, "Idempotency-Key") == NULL)
 		return 0;
 	*handled = true;
-	if (!inventory_has_checkout(app->inv))
+	if (!inventory_has_buyers(app->inv))
 		return no_checkout(c);
 	snprintf(it.sku, sizeof it.sku, "%s", sku);
 	it.quantity = qty;

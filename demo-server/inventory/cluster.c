@@ -12,6 +12,7 @@
  * Redis (cluster/bus_redis.c) and from a periodic poll.
  * docs/internals/leases.md has the protocol and what a crash costs.
  */
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,6 +44,8 @@ struct cluster {
 	char (*skus)[STOCK_SKU_MAX + 1];
 	struct stock_counter *counters;
 	size_t nskus, cap, ncounters; /* counters[0..ncounters) are initialised */
+	uint64_t max_per_buyer;       /* --max-per-buyer; 0: no limit */
+	struct stock_stat limits;     /* requests refused at a buyer's limit */
 };
 
 static struct cluster *
@@ -109,6 +112,83 @@ cluster_buy(inventory_t *inv, const char *sku, uint64_t n, struct stock_level *a
 	return rc;
 }
 
+/* ---- buyer limits (--max-per-buyer) ----------------------------------------
+ *
+ * What a buyer may still take of a SKU is a SKU-shaped document of its own
+ * (mongo.h, MONGO_BUYERS_COLLECTION), created at --max-per-buyer on first
+ * use: a purchase first takes its quantity from it with the same
+ * conditional update a Db buy uses (successor claims on FerretDB), so
+ * concurrent requests of one buyer on any instances never get past the
+ * limit together. A purchase refused afterwards gives it back; one whose
+ * outcome is unknown does not (the buyer may lose allowance, never exceed
+ * it). Every instance must run with the same --max-per-buyer.
+ */
+
+/* Take @q of @buyer's allowance for @sku: 0, STOCK_ESOLDOUT (the limit), or a store error. */
+static int
+allowance_take(struct cluster *c, const char *buyer, const char *sku, uint64_t q)
+{
+	char key[MONGO_BUYER_KEY_LEN + 1];
+	struct durable_pass pass;
+	int rc;
+
+	mongo_buyer_key(key, buyer, sku);
+	if ((rc = durable_enter(&c->guard, &pass)) != 0)
+		return rc;
+	rc = mongo_take(c->mongo, key, q, NULL);
+	if (rc == STOCK_ENOENT && (rc = mongo_seed(c->mongo, key, c->max_per_buyer)) == 0)
+		rc = mongo_take(c->mongo, key, q, NULL);
+	durable_leave(&c->guard, &pass, rc == STOCK_ESYS);
+	if (rc == STOCK_ESOLDOUT)
+		stock_stat_inc(&c->limits);
+	return rc;
+}
+
+/* Give @q back (a purchase that was refused after its allowance_take). Best effort. */
+static void
+allowance_give(struct cluster *c, const char *buyer, const char *sku, uint64_t q)
+{
+	char key[MONGO_BUYER_KEY_LEN + 1];
+	int rc;
+
+	mongo_buyer_key(key, buyer, sku);
+	if ((rc = mongo_adjust(c->mongo, key, false, q, NULL)) != 0)
+		log_warn("checkout", "a buyer's allowance of %s (%" PRIu64 ") could not be given back: %s",
+		    sku, q, stock_strerror(rc));
+}
+
+/* Take the allowance of every item (all or nothing): 0, or the refusal with out->refused. */
+static int
+allowance_take_all(struct cluster *c, const struct checkout_req *req, struct checkout_view *out)
+{
+	size_t i;
+	int rc = 0;
+
+	if (req->buyer == NULL || c->max_per_buyer == 0)
+		return 0;
+	for (i = 0; i < req->n; i++)
+		if ((rc = allowance_take(c, req->buyer, req->items[i].sku, req->items[i].quantity)) != 0)
+			break;
+	if (rc == 0)
+		return 0;
+	out->refused = (int)i;
+	out->over_limit = rc == STOCK_ESOLDOUT;
+	while (i-- > 0)
+		allowance_give(c, req->buyer, req->items[i].sku, req->items[i].quantity);
+	return rc;
+}
+
+/* Give back the allowance of every item but @keep (-1: none kept). */
+static void
+allowance_give_all(struct cluster *c, const struct checkout_req *req, int keep)
+{
+	if (req->buyer == NULL || c->max_per_buyer == 0)
+		return;
+	for (size_t i = 0; i < req->n; i++)
+		if ((int)i != keep)
+			allowance_give(c, req->buyer, req->items[i].sku, req->items[i].quantity);
+}
+
 _Static_assert(LEASE_HOLD_ALL_MAX >= CHECKOUT_ITEMS_MAX, "an order's items fit one holding");
 
 /*
@@ -134,7 +214,9 @@ cluster_order(inventory_t *inv, const struct checkout_req *req, struct idem_answ
 
 	memset(out, 0, sizeof *out);
 	out->refused = -1;
-	ASSERT(ans == NULL && req->buyer == NULL && req->n >= 1 && req->n <= CHECKOUT_ITEMS_MAX);
+	ASSERT(ans == NULL && req->n >= 1 && req->n <= CHECKOUT_ITEMS_MAX);
+	if ((rc = allowance_take_all(c, req, out)) != 0)
+		return rc;
 	for (size_t i = 0; i < req->n; i++) {
 		const struct catalog_item *it = catalog_one_find(req->items[i].sku);
 
@@ -148,11 +230,14 @@ cluster_order(inventory_t *inv, const struct checkout_req *req, struct idem_answ
 	}
 	h.n = 0;
 	if (nl > 0 && (rc = lease_hold_all(c->leases, skus, qty, nl, &h, &refused)) != 0) {
+		allowance_give_all(c, req, -1);
 		out->refused = (int)at[refused];
 		return rc;
 	}
 	if (db >= 0 && (rc = buy_db(c, req->items[db].sku, req->items[db].quantity, &lvl)) != 0) {
 		lease_release_held(c->leases, &h);
+		/* A failed Db buy may have sold: its allowance stays taken. */
+		allowance_give_all(c, req, rc == STOCK_ESYS ? db : -1);
 		out->refused = db;
 		return rc;
 	}
@@ -161,6 +246,33 @@ cluster_order(inventory_t *inv, const struct checkout_req *req, struct idem_answ
 	out->status = HOLD_CONFIRMED;
 	out->n = req->n;
 	memcpy(out->items, req->items, req->n * sizeof req->items[0]);
+	if (req->buyer != NULL)
+		snprintf(out->buyer, sizeof out->buyer, "%s", req->buyer);
+	return rc;
+}
+
+/* A buy with X-Buyer-Id (no Idempotency-Key in this mode: the handlers refuse it first). */
+static int
+cluster_buy_as(inventory_t *inv, const char *sku, uint64_t n, const char *buyer,
+    struct idem_answer *ans, struct checkout_view *out)
+{
+	struct cluster *c = to_cluster(inv);
+	struct checkout_req req = { .n = 1, .buyer = buyer };
+	int rc;
+
+	memset(out, 0, sizeof *out);
+	out->refused = -1;
+	ASSERT(ans == NULL);
+	if (strlen(sku) > STOCK_SKU_MAX)
+		return STOCK_ENOENT;
+	memcpy(req.items[0].sku, sku, strlen(sku) + 1);
+	req.items[0].quantity = n;
+	if ((rc = allowance_take_all(c, &req, out)) != 0)
+		return rc;
+	if ((rc = cluster_buy(inv, sku, n, &out->level)) != 0) {
+		allowance_give_all(c, &req, rc == STOCK_ESYS ? 0 : -1);
+		out->refused = 0;
+	}
 	return rc;
 }
 
@@ -302,6 +414,8 @@ cluster_metrics(inventory_t *inv, struct buf *out)
 	    "MongoDB round trips that failed or timed out.", ms.failed_trips);
 	prom_gauge_u64(out, "stock_mongo_claims", "1 when writes commit through successor claims (FerretDB).",
 	    ms.claims ? 1 : 0);
+	prom_counter_u64(out, "stock_buyer_limit_refusals_total",
+	    "Requests refused by --max-per-buyer.", stock_stat_sum(&c->limits));
 	lease_metrics(c, out);
 	if (c->bus != NULL)
 		bus_metrics(c, out);
@@ -329,6 +443,7 @@ cluster_close(inventory_t *inv)
 	free(c->counters);
 	stock_drain_destroy(&c->bus_users);
 	stock_latch_destroy(&c->leases_ready);
+	stock_stat_destroy(&c->limits);
 	durable_guard_destroy(&c->guard);
 	free(c);
 }
@@ -344,6 +459,7 @@ static const struct inventory_ops cluster_ops = {
 	.metrics = cluster_metrics,
 	.close = cluster_close,
 	.order = cluster_order,
+	.buy_as = cluster_buy_as,
 };
 
 /* ---- open ------------------------------------------------------------------ */
@@ -491,8 +607,14 @@ inventory_cluster_open(inventory_t **out, const struct app_config *cfg)
 		free(c);
 		return rc;
 	}
+	if ((rc = stock_stat_init(&c->limits)) != 0) {
+		durable_guard_destroy(&c->guard);
+		free(c);
+		return rc;
+	}
 	stock_latch_init(&c->leases_ready, false);
 	stock_drain_init(&c->bus_users);
+	c->max_per_buyer = cfg->max_per_buyer;
 	mo.uri = cfg->mongo_uri;
 	mo.database = cfg->mongo_db;
 	mo.one_collection = cfg->mongo_one;

@@ -46,7 +46,8 @@ struct inventory_ops {
 	void (*close)(inventory_t *inv);
 	/* Checkout (inventory/checkout.h). NULL in a mode without it: then
 	   inventory_has_checkout is false and the handlers answer 501. A mode
-	   may serve orders (order set) without the rest (the cluster). */
+	   may serve some without the rest (the cluster: order and buy_as; see
+	   inventory_has_orders, _buyers, _keys). */
 	int (*hold)(inventory_t *inv, const struct checkout_req *req, struct idem_answer *ans,
 	    struct checkout_view *out);
 	int (*hold_get)(inventory_t *inv, const char *id, size_t len, struct checkout_view *out);
@@ -186,11 +187,25 @@ inventory_has_checkout(const inventory_t *inv)
 	return inv->ops->hold != NULL;
 }
 
-/** inventory_has_orders - whether this mode serves POST Orders (without Idempotency-Key and X-Buyer-Id unless inventory_has_checkout). */
+/** inventory_has_orders - whether this mode serves POST Orders. */
 static inline bool
 inventory_has_orders(const inventory_t *inv)
 {
 	return inv->ops->order != NULL;
+}
+
+/** inventory_has_buyers - whether this mode takes X-Buyer-Id (buyer limits) on buys and orders. */
+static inline bool
+inventory_has_buyers(const inventory_t *inv)
+{
+	return inv->ops->buy_as != NULL;
+}
+
+/** inventory_has_keys - whether this mode keeps Idempotency-Key answers. */
+static inline bool
+inventory_has_keys(const inventory_t *inv)
+{
+	return inv->ops->idem_begin != NULL;
 }
 
 /** inventory_hold - hold every item (all or nothing) for req->ttl_ms: 0 (@out: the new hold). */

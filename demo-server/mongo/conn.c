@@ -75,6 +75,8 @@ mongo_client_push(struct mongo *m, mongoc_client_t *c)
 const char *
 mongo_coll_of(const struct mongo *m, const char *sku)
 {
+	if (strncmp(sku, MONGO_BUYER_PREFIX, sizeof MONGO_BUYER_PREFIX - 1) == 0)
+		return MONGO_BUYERS_COLLECTION;
 	return strncmp(sku, MONGO_ONE_PREFIX, sizeof MONGO_ONE_PREFIX - 1) == 0 ? m->one_coll
 	                                                                        : m->many_coll;
 }
@@ -397,6 +399,13 @@ mongo_open(mongo_t **out, const struct mongo_options *opt, char *err, size_t err
 	}
 	if ((m = mongo_alloc(opt)) == NULL)
 		return STOCK_ENOMEM;
+	if (strcmp(m->one_coll, MONGO_BUYERS_COLLECTION) == 0 ||
+	    strcmp(m->many_coll, MONGO_BUYERS_COLLECTION) == 0) {
+		util_seterr(err, errlen, "mongo: collection name %s is reserved for buyer limits",
+		    MONGO_BUYERS_COLLECTION);
+		mongo_free(m);
+		return STOCK_EINVAL;
+	}
 	if ((rc = connect_pool(m, opt->uri, err, errlen)) != 0) {
 		mongo_free(m);
 		return rc;

@@ -29,6 +29,7 @@
 #include "mongo/mongo.h"
 
 #define MONGO_ONE_PREFIX "OneStock:"
+#define MONGO_BUYER_PREFIX "Buyer:"                 /* mongo_buyer_key: in MONGO_BUYERS_COLLECTION */
 #define MONGO_CLAIMS_COLLECTION "StockClaims" /* claims backend, <database>.StockClaims */
 #define MONGO_E_DUPKEY 11000                  /* MongoDB's duplicate-key error code */
 #define MONGO_SKU_STRIPES 64                  /* per-SKU write locks, see serialize */

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include <bson/bson.h>
+#include <openssl/evp.h>
 
 #include "common/assert.h"
 #include "mongo/internal.h"
@@ -260,3 +261,30 @@ mongo_lease_cas(mongo_t *m, const char *sku, const char *host, const struct mong
 		*after = v;
 	return rc;
 }
+
+void
+mongo_buyer_key(char *out, const char *buyer, const char *sku)
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	size_t p = sizeof MONGO_BUYER_PREFIX - 1;
+
+	/* An allocation failure of OpenSSL's: no id to give is no limit to
+	   enforce, so fail loudly instead. */
+	ASSERT(ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+	    EVP_DigestUpdate(ctx, buyer, strlen(buyer)) == 1 && EVP_DigestUpdate(ctx, "/", 1) == 1 &&
+	    EVP_DigestUpdate(ctx, sku, strlen(sku)) == 1 && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 &&
+	    mdlen >= 16);
+	EVP_MD_CTX_free(ctx);
+	memcpy(out, MONGO_BUYER_PREFIX, p);
+	for (int i = 0; i < 16; i++) {
+		out[p + 2 * (size_t)i] = hex[md[i] >> 4];
+		out[p + 2 * (size_t)i + 1] = hex[md[i] & 15];
+	}
+	out[p + 32] = '\0';
+}
+
+_Static_assert(sizeof MONGO_BUYER_PREFIX - 1 + 32 == MONGO_BUYER_KEY_LEN, "a buyer key's length");
+_Static_assert(MONGO_BUYER_KEY_LEN <= STOCK_SKU_MAX, "a buyer key is SKU-shaped");

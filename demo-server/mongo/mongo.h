@@ -33,6 +33,12 @@
 
 typedef struct mongo mongo_t;
 
+/* Buyer limits (--max-per-buyer): one document per buyer and SKU, id
+   mongo_buyer_key, in this collection of the database, shaped and written
+   like a SKU's: stock is what the buyer may still take of that SKU. */
+#define MONGO_BUYERS_COLLECTION "BuyerLimits"
+#define MONGO_BUYER_KEY_LEN 38 /* "Buyer:" + 32 hex digits */
+
 /* Leases kept per document (one per instance). */
 #define MONGO_LEASES_MAX 16
 
@@ -181,5 +187,14 @@ int mongo_view_all(mongo_t *m, mongo_view_fn fn, void *arg);
 int mongo_lease_cas(mongo_t *m, const char *sku, const char *host, const struct mongo_lease *expect,
     const struct mongo_lease *next, int64_t d_stock, int64_t d_sold, int64_t d_lost,
     struct mongo_view *after);
+
+/**
+ * mongo_buyer_key - the id of @buyer's allowance document for @sku into @out
+ * (MONGO_BUYER_KEY_LEN + 1 bytes): "Buyer:" and the first 128 bits of
+ * SHA-256(buyer "/" sku) in hex. A SKU-shaped id (mongo_take, mongo_seed and
+ * mongo_adjust take it), whatever the lengths; both parts are client-chosen,
+ * so the hash is one nobody can make collide.
+ */
+void mongo_buyer_key(char *out, const char *buyer, const char *sku);
 
 #endif /* DEMO_MONGO_H */

@@ -197,16 +197,14 @@ for spec in "OneStock:Db /api/v1/OneStock/Db/Buy" \
 	check "sold out: $sku every instance answers 409" \
 		"[ \"\$(code POST 1 $path)\$(code POST 2 $path)\$(code POST 3 $path)\" = 409409409 ]"
 done
-# Holds, keys and buyer limits are embedded-only in this version: a
-# documented 501, never a change (Orders: scenario 8).
+# Holds and keys are embedded-only in this version: a documented 501, never
+# a change (Orders: scenario 8; buyer limits: scenario 9).
 body='{"items":[{"sku":"NVDA","quantity":1}]}'
 co="$(code POST 1 /api/v1/Holds -d "$body")"
 co="$co$(code POST 3 /api/v1/ManyStock/Cache/BuyFastAtomic/TSLA -H 'Idempotency-Key: k1')"
-co="$co$(code POST 1 /api/v1/ManyStock/Cache/BuyFastAtomic/TSLA -H 'X-Buyer-Id: b1')"
 co="$co$(code POST 2 /api/v1/Orders -d "$body" -H 'Idempotency-Key: k2')"
-co="$co$(code POST 2 /api/v1/Orders -d "$body" -H 'X-Buyer-Id: b2')"
-check "cluster mode: Holds, Idempotency-Key and X-Buyer-Id answer 501 not_supported ($co)" \
-	"[ '$co' = 501501501501501 ]"
+check "cluster mode: Holds and Idempotency-Key answer 501 not_supported ($co)" \
+	"[ '$co' = 501501501 ]"
 stop_all
 for sku in OneStock:Atomic NVDA; do
 	check "after SIGTERM: $sku conserved (total $(total_of $sku) == $INITIAL), no lease held" \
@@ -561,8 +559,58 @@ check "orders: every refusal names a SKU of the orders ($bad409 do not)" "[ $bad
 
 }
 
+# --- 9. buyer limits across instances -------------------------------------
+s9() {
+
+# --max-per-buyer 5 on every instance: one buyer racing on all three at once
+# gets exactly 5 NVDA; another buyer is not affected; buys and orders count
+# together; a refused order gives its allowance back.
+new_db
+for i in 1 2 3; do start $i --initial-stock 1000 --max-per-buyer 5; done
+buyer_loop() { # I BUYER OUT: buy 1 NVDA on instance I until 10 refusals in a row
+	local refused=0 st
+	: >"$3"
+	while [ $refused -lt 10 ]; do
+		st=$(curl -s -o "$3.body" -w '%{http_code}' --max-time 10 -X POST -H "X-Buyer-Id: $2" \
+			"$(url "$1" /api/v1/ManyStock/Cache/BuyFastAtomic/NVDA)")
+		if [ "$st" = 200 ]; then refused=0; echo 200 >>"$3"
+		else refused=$((refused + 1)); echo "$st $(jq -r .error "$3.body")" >>"$3"; fi
+	done
+}
+buyer_loop 1 alice "$TMP/b1" & p1=$!
+buyer_loop 2 alice "$TMP/b2" & p2=$!
+buyer_loop 3 alice "$TMP/b3" & p3=$!
+wait $p1 $p2 $p3
+got=$(cat "$TMP/b1" "$TMP/b2" "$TMP/b3" | grep -c '^200$' || true)
+other=$(cat "$TMP/b1" "$TMP/b2" "$TMP/b3" | grep -v '^200$' | grep -vc '^409 buyer_limit$' || true)
+check "buyer limits: one buyer racing on 3 instances got exactly $got == 5 NVDA" "[ $got -eq 5 ]"
+check "buyer limits: every other answer was 409 buyer_limit ($other were not)" "[ $other -eq 0 ]"
+check "buyer limits: another buyer still buys" \
+	"[ \"\$(code POST 2 /api/v1/ManyStock/Cache/BuyFastAtomic/NVDA -H 'X-Buyer-Id: bob')\" = 200 ]"
+order() { # I BUYER JSON-ITEMS: status of an order
+	curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X POST -H "X-Buyer-Id: $2" \
+		-H 'Content-Type: application/json' -d "{\"items\":$3}" "$(url "$1" /api/v1/Orders)"
+}
+seq9="$(order 1 carol '[{"sku":"TSLA","quantity":3}]')"
+seq9="$seq9 $(code POST 2 /api/v1/ManyStock/Cache/BuyFastAtomic/TSLA?quantity=2 -H 'X-Buyer-Id: carol')"
+seq9="$seq9 $(code POST 3 /api/v1/ManyStock/Cache/BuyFastAtomic/TSLA -H 'X-Buyer-Id: carol')"
+check "buyer limits: an order of 3 and a buy of 2 on other instances reach the limit ($seq9)" \
+	"[ '$seq9' = '201 200 409' ]"
+seq9="$(order 3 dave '[{"sku":"AMD","quantity":5},{"sku":"TSLA","quantity":6}]')"
+seq9="$seq9 $(order 1 dave '[{"sku":"AMD","quantity":5}]')"
+check "buyer limits: a refused order (TSLA 6 > 5) gives AMD back: then AMD 5 sells ($seq9)" \
+	"[ '$seq9' = '409 201' ]"
+refusals=0
+for i in 1 2 3; do refusals=$((refusals + $(curl -s "$(url $i /metrics)" | awk '$1 == "stock_buyer_limit_refusals_total" {print $2}'))); done
+check "buyer limits: stock_buyer_limit_refusals_total counts them ($refusals >= 32)" "[ $refusals -ge 32 ]"
+stop_all
+check "buyer limits: NVDA sold $(field NVDA .sold) == 6, TSLA $(field TSLA .sold) == 5, AMD $(field AMD .sold) == 5" \
+	"[ \"\$(field NVDA .sold)\" = 6 ] && [ \"\$(field TSLA .sold)\" = 5 ] && [ \"\$(field AMD .sold)\" = 5 ]"
+
+}
+
 # MULTI_ONLY="1 3" runs only those scenarios (default: all).
-for n in ${MULTI_ONLY:-1 2 3 4 5 6 7 8}; do "s$n"; done
+for n in ${MULTI_ONLY:-1 2 3 4 5 6 7 8 9}; do "s$n"; done
 
 echo "multi: $pass passed, $fail failed"
 if [ $fail -ne 0 ]; then
