@@ -13,6 +13,7 @@
  * docs/internals/leases.md has the protocol and what a crash costs.
  */
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +47,9 @@ struct cluster {
 	size_t nskus, cap, ncounters; /* counters[0..ncounters) are initialised */
 	uint64_t max_per_buyer;       /* --max-per-buyer; 0: no limit */
 	struct stock_stat limits;     /* requests refused at a buyer's limit */
+	struct stock_stat replays;    /* answers replayed for an Idempotency-Key */
+	int64_t idem_ttl_ms;          /* --idempotency-ttl-s */
+	char host[HOST_ID_MAX + 1];   /* --host-id: the owner of the keys this instance claims */
 };
 
 static struct cluster *
@@ -189,6 +193,58 @@ allowance_give_all(struct cluster *c, const struct checkout_req *req, int keep)
 			allowance_give(c, req->buyer, req->items[i].sku, req->items[i].quantity);
 }
 
+/* ---- Idempotency-Key (mongo/keys.c) -----------------------------------------
+ *
+ * A key is a document of its own, claimed by inserting it (atomic on FerretDB
+ * too): the claiming instance runs the request, then stores its answer; any
+ * instance replays it. The answer is stored after the change, not with it:
+ * a kill -9 in between leaves the key in flight (its repeats answer 409
+ * idempotency_in_flight until --idempotency-ttl-s), and the change is never
+ * made twice.
+ */
+
+static enum idem_state
+cluster_idem_begin(inventory_t *inv, const char *key, size_t klen, const char *req, size_t rlen,
+    int *status, struct buf *body)
+{
+	struct cluster *c = to_cluster(inv);
+	enum mongo_key_state st;
+	int rc = mongo_key_begin(c->mongo, key, klen, req, rlen, c->host, c->idem_ttl_ms, &st,
+	    status, body);
+
+	if (rc != 0) {
+		buf_free(body);
+		return IDEM_IN_FLIGHT; /* MongoDB failed: refuse, retry later */
+	}
+	switch (st) {
+	case MONGO_KEY_NEW: return IDEM_NEW;
+	case MONGO_KEY_REPLAY: stock_stat_inc(&c->replays); return IDEM_REPLAY;
+	case MONGO_KEY_MISMATCH: return IDEM_MISMATCH;
+	case MONGO_KEY_IN_FLIGHT: break;
+	}
+	return IDEM_IN_FLIGHT;
+}
+
+static int
+cluster_idem_finish(inventory_t *inv, const char *key, size_t klen, int status, const char *body,
+    size_t blen)
+{
+	struct cluster *c = to_cluster(inv);
+
+	return mongo_key_finish(c->mongo, key, klen, c->host, status, body, blen);
+}
+
+static void
+cluster_idem_abort(inventory_t *inv, const char *key, size_t klen)
+{
+	struct cluster *c = to_cluster(inv);
+	int rc = mongo_key_abort(c->mongo, key, klen, c->host);
+
+	if (rc != 0)
+		log_warn("checkout", "an in-flight Idempotency-Key could not be released (%s): its "
+		    "repeats answer 409 until it expires", stock_strerror(rc));
+}
+
 _Static_assert(LEASE_HOLD_ALL_MAX >= CHECKOUT_ITEMS_MAX, "an order's items fit one holding");
 
 /*
@@ -214,7 +270,8 @@ cluster_order(inventory_t *inv, const struct checkout_req *req, struct idem_answ
 
 	memset(out, 0, sizeof *out);
 	out->refused = -1;
-	ASSERT(ans == NULL && req->n >= 1 && req->n <= CHECKOUT_ITEMS_MAX);
+	ASSERT(req->n >= 1 && req->n <= CHECKOUT_ITEMS_MAX);
+	(void)ans; /* the answer is stored after (idem_finish): ans->stored stays false */
 	if ((rc = allowance_take_all(c, req, out)) != 0)
 		return rc;
 	for (size_t i = 0; i < req->n; i++) {
@@ -251,7 +308,7 @@ cluster_order(inventory_t *inv, const struct checkout_req *req, struct idem_answ
 	return rc;
 }
 
-/* A buy with X-Buyer-Id (no Idempotency-Key in this mode: the handlers refuse it first). */
+/* A buy with X-Buyer-Id and/or Idempotency-Key (its answer is stored after: idem_finish). */
 static int
 cluster_buy_as(inventory_t *inv, const char *sku, uint64_t n, const char *buyer,
     struct idem_answer *ans, struct checkout_view *out)
@@ -262,7 +319,7 @@ cluster_buy_as(inventory_t *inv, const char *sku, uint64_t n, const char *buyer,
 
 	memset(out, 0, sizeof *out);
 	out->refused = -1;
-	ASSERT(ans == NULL);
+	(void)ans;
 	if (strlen(sku) > STOCK_SKU_MAX)
 		return STOCK_ENOENT;
 	memcpy(req.items[0].sku, sku, strlen(sku) + 1);
@@ -416,6 +473,8 @@ cluster_metrics(inventory_t *inv, struct buf *out)
 	    ms.claims ? 1 : 0);
 	prom_counter_u64(out, "stock_buyer_limit_refusals_total",
 	    "Requests refused by --max-per-buyer.", stock_stat_sum(&c->limits));
+	prom_counter_u64(out, "stock_idempotent_replays_total",
+	    "Requests answered with a stored Idempotency-Key answer.", stock_stat_sum(&c->replays));
 	lease_metrics(c, out);
 	if (c->bus != NULL)
 		bus_metrics(c, out);
@@ -443,6 +502,7 @@ cluster_close(inventory_t *inv)
 	free(c->counters);
 	stock_drain_destroy(&c->bus_users);
 	stock_latch_destroy(&c->leases_ready);
+	stock_stat_destroy(&c->replays);
 	stock_stat_destroy(&c->limits);
 	durable_guard_destroy(&c->guard);
 	free(c);
@@ -460,6 +520,9 @@ static const struct inventory_ops cluster_ops = {
 	.close = cluster_close,
 	.order = cluster_order,
 	.buy_as = cluster_buy_as,
+	.idem_begin = cluster_idem_begin,
+	.idem_finish = cluster_idem_finish,
+	.idem_abort = cluster_idem_abort,
 };
 
 /* ---- open ------------------------------------------------------------------ */
@@ -607,11 +670,14 @@ inventory_cluster_open(inventory_t **out, const struct app_config *cfg)
 		free(c);
 		return rc;
 	}
-	if ((rc = stock_stat_init(&c->limits)) != 0) {
+	if ((rc = stock_stat_init(&c->limits)) != 0 || (rc = stock_stat_init(&c->replays)) != 0) {
+		stock_stat_destroy(&c->limits);
 		durable_guard_destroy(&c->guard);
 		free(c);
 		return rc;
 	}
+	c->idem_ttl_ms = (int64_t)cfg->idem_ttl_s * 1000;
+	snprintf(c->host, sizeof c->host, "%s", cfg->host_id);
 	stock_latch_init(&c->leases_ready, false);
 	stock_drain_init(&c->bus_users);
 	c->max_per_buyer = cfg->max_per_buyer;

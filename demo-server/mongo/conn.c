@@ -360,6 +360,7 @@ mongo_alloc(const struct mongo_options *opt)
 	bson_init(&m->wc);
 	for (int i = 0; i < MONGO_SKU_STRIPES; i++)
 		pthread_mutex_init(&m->stripes[i], NULL);
+	stock_idgen_init(&m->keys_made, 1);
 	stock_stat_init(&m->trips);
 	stock_stat_init(&m->failed_trips);
 	stock_gauge_init(&m->healthy, 1);
@@ -400,9 +401,11 @@ mongo_open(mongo_t **out, const struct mongo_options *opt, char *err, size_t err
 	if ((m = mongo_alloc(opt)) == NULL)
 		return STOCK_ENOMEM;
 	if (strcmp(m->one_coll, MONGO_BUYERS_COLLECTION) == 0 ||
-	    strcmp(m->many_coll, MONGO_BUYERS_COLLECTION) == 0) {
-		util_seterr(err, errlen, "mongo: collection name %s is reserved for buyer limits",
-		    MONGO_BUYERS_COLLECTION);
+	    strcmp(m->many_coll, MONGO_BUYERS_COLLECTION) == 0 ||
+	    strcmp(m->one_coll, MONGO_KEYS_COLLECTION) == 0 ||
+	    strcmp(m->many_coll, MONGO_KEYS_COLLECTION) == 0) {
+		util_seterr(err, errlen, "mongo: collection names %s and %s are reserved",
+		    MONGO_BUYERS_COLLECTION, MONGO_KEYS_COLLECTION);
 		mongo_free(m);
 		return STOCK_EINVAL;
 	}

@@ -10,7 +10,8 @@
  *             (findAndModify with a filter);
  *   claims.c  the successor-claims backend (docs/internals/claims.md);
  *   mongo.c   the public calls: argument checks, then the backend; the
- *             conditions of each write in C (mongo_op_next).
+ *             conditions of each write in C (mongo_op_next); buyer keys;
+ *   keys.c    idempotency keys (their own collection, claimed by insert).
  *
  * The backend is chosen once in mongo_open (struct mongo_backend); nothing
  * else asks which one is in use.
@@ -114,6 +115,7 @@ struct mongo {
 	struct mongo_claims *claims; /* the claims backend's state; NULL otherwise */
 
 	/* Thread-safe without a lock. */
+	struct stock_idgen keys_made;   /* idempotency keys claimed (keys.c: pruning cadence) */
 	struct stock_stat trips;        /* round trips */
 	struct stock_stat failed_trips; /* round trips that failed */
 	struct stock_gauge healthy;     /* 1 until a round trip fails, again after one works */

@@ -29,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/buf.h"
 #include "common/doc.h"
 
 typedef struct mongo mongo_t;
@@ -187,6 +188,35 @@ int mongo_view_all(mongo_t *m, mongo_view_fn fn, void *arg);
 int mongo_lease_cas(mongo_t *m, const char *sku, const char *host, const struct mongo_lease *expect,
     const struct mongo_lease *next, int64_t d_stock, int64_t d_sold, int64_t d_lost,
     struct mongo_view *after);
+
+/* ---- idempotency keys (keys.c) ------------------------------------------ */
+
+#define MONGO_KEYS_COLLECTION "IdempotencyKeys" /* reserved, like MONGO_BUYERS_COLLECTION */
+
+enum mongo_key_state {
+	MONGO_KEY_NEW,       /* this call claimed the key: the caller now owns it (finish or abort) */
+	MONGO_KEY_REPLAY,    /* answered before: *status and the body */
+	MONGO_KEY_MISMATCH,  /* used for another request */
+	MONGO_KEY_IN_FLIGHT  /* claimed, not answered yet (or its owner died before answering) */
+};
+
+/**
+ * mongo_key_begin - claim Idempotency-Key @key[0..@klen) (1..255 bytes) for
+ * request @req[0..@rlen) on behalf of instance @host: one insert of a new
+ * document, atomic on FerretDB too. A key older than @ttl_ms is deleted and
+ * claimed anew. Returns 0 (*@st; for MONGO_KEY_REPLAY *@status and @body
+ * appended), STOCK_ESYS (MongoDB failed, or the claim's outcome is unknown:
+ * nothing to run), STOCK_EINVAL, STOCK_ENOMEM.
+ */
+int mongo_key_begin(mongo_t *m, const char *key, size_t klen, const char *req, size_t rlen,
+    const char *host, int64_t ttl_ms, enum mongo_key_state *st, int *status, struct buf *body);
+
+/** mongo_key_finish - store the answer of @host's in-flight @key: 0, STOCK_ESYS, STOCK_EINVAL. */
+int mongo_key_finish(mongo_t *m, const char *key, size_t klen, const char *host, int status,
+    const char *body, size_t blen);
+
+/** mongo_key_abort - forget @host's in-flight @key (a retry runs again): 0, STOCK_ESYS, STOCK_EINVAL. */
+int mongo_key_abort(mongo_t *m, const char *key, size_t klen, const char *host);
 
 /**
  * mongo_buyer_key - the id of @buyer's allowance document for @sku into @out

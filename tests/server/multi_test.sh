@@ -197,13 +197,14 @@ for spec in "OneStock:Db /api/v1/OneStock/Db/Buy" \
 	check "sold out: $sku every instance answers 409" \
 		"[ \"\$(code POST 1 $path)\$(code POST 2 $path)\$(code POST 3 $path)\" = 409409409 ]"
 done
-# Holds and keys are embedded-only in this version: a documented 501, never
-# a change (Orders: scenario 8; buyer limits: scenario 9).
+# Holds and the run-time catalog are embedded-only in this version: a
+# documented 501, never a change (Orders: scenario 8; buyer limits: 9;
+# Idempotency-Key: 10).
 body='{"items":[{"sku":"NVDA","quantity":1}]}'
 co="$(code POST 1 /api/v1/Holds -d "$body")"
-co="$co$(code POST 3 /api/v1/ManyStock/Cache/BuyFastAtomic/TSLA -H 'Idempotency-Key: k1')"
-co="$co$(code POST 2 /api/v1/Orders -d "$body" -H 'Idempotency-Key: k2')"
-check "cluster mode: Holds and Idempotency-Key answer 501 not_supported ($co)" \
+co="$co$(code PUT 2 /api/v1/Admin/Stock/NEWSKU -H "Authorization: Bearer $TOKEN" -d '{"remaining":5}')"
+co="$co$(code POST 3 /api/v1/Admin/Stock/NVDA -H "Authorization: Bearer $TOKEN" -H 'Idempotency-Key: k3' -d '{"restock":5}')"
+check "cluster mode: Holds, Admin PUT Stock and keyed Admin POST answer 501 not_supported ($co)" \
 	"[ '$co' = 501501501 ]"
 stop_all
 for sku in OneStock:Atomic NVDA; do
@@ -609,8 +610,49 @@ check "buyer limits: NVDA sold $(field NVDA .sold) == 6, TSLA $(field TSLA .sold
 
 }
 
+# --- 10. Idempotency-Key across instances ---------------------------------
+s10() {
+
+# A key used on one instance replays on the others, byte for byte, and after
+# a kill -9 of the instance that ran it; a reuse for another request is a
+# 422; a stored refusal replays too; the stock moved once.
+new_db
+for i in 1 2 3; do start $i --initial-stock 1000; done
+keyed() { # I KEY OUT METHOD PATH [curl args]: status; headers and body in OUT.h / OUT.b
+	local i=$1 key=$2 out=$3 m=$4 p=$5; shift 5
+	curl -s -D "$out.h" -o "$out.b" -w '%{http_code}' --max-time 10 -X "$m" -H "Idempotency-Key: $key" \
+		"$@" "$(url "$i" "$p")"
+}
+nvda=/api/v1/ManyStock/Cache/BuyFastAtomic/NVDA
+r1=$(keyed 1 buy-1 "$TMP/i1" POST "$nvda?quantity=2")
+r2=$(keyed 2 buy-1 "$TMP/i2" POST "$nvda?quantity=2")
+r3=$(keyed 3 buy-1 "$TMP/i3" POST "$nvda?quantity=3")
+check "keys: a buy on 1 replays on 2 ($r1 $r2), another request with the key on 3 is 422 ($r3)" \
+	"[ '$r1 $r2 $r3' = '200 200 422' ]"
+check "keys: the replay is byte for byte, marked Idempotent-Replayed" \
+	"cmp -s $TMP/i1.b $TMP/i2.b && grep -qi '^Idempotent-Replayed: true' $TMP/i2.h && ! grep -qi '^Idempotent-Replayed' $TMP/i1.h"
+items='{"items":[{"sku":"TSLA","quantity":1},{"sku":"AMD","quantity":4}]}'
+o1=$(keyed 2 order-1 "$TMP/o1" POST /api/v1/Orders -H 'Content-Type: application/json' -d "$items")
+o2=$(keyed 3 order-1 "$TMP/o2" POST /api/v1/Orders -H 'Content-Type: application/json' -d "$items")
+check "keys: an order on 2 replays on 3 ($o1 $o2), same order_id" \
+	"[ '$o1 $o2' = '201 201' ] && cmp -s $TMP/o1.b $TMP/o2.b"
+n1=$(keyed 1 nope-1 "$TMP/n1" POST /api/v1/Orders -H 'Content-Type: application/json' -d '{"items":[{"sku":"NOPE","quantity":1}]}')
+n2=$(keyed 3 nope-1 "$TMP/n2" POST /api/v1/Orders -H 'Content-Type: application/json' -d '{"items":[{"sku":"NOPE","quantity":1}]}')
+check "keys: a refusal is stored and replayed too ($n1 $n2)" \
+	"[ '$n1 $n2' = '404 404' ] && cmp -s $TMP/n1.b $TMP/n2.b && grep -qi '^Idempotent-Replayed: true' $TMP/n2.h"
+kill9 1
+start 1 --initial-stock 1000
+r4=$(keyed 1 buy-1 "$TMP/i4" POST "$nvda?quantity=2")
+check "keys: after kill -9 of the instance that ran it, the buy replays there ($r4)" \
+	"[ '$r4' = 200 ] && cmp -s $TMP/i1.b $TMP/i4.b"
+stop_all
+check "keys: the stock moved once: NVDA sold $(field NVDA .sold) == 2, TSLA $(field TSLA .sold) == 1, AMD $(field AMD .sold) == 4" \
+	"[ \"\$(field NVDA .sold)\" = 2 ] && [ \"\$(field TSLA .sold)\" = 1 ] && [ \"\$(field AMD .sold)\" = 4 ]"
+
+}
+
 # MULTI_ONLY="1 3" runs only those scenarios (default: all).
-for n in ${MULTI_ONLY:-1 2 3 4 5 6 7 8 9}; do "s$n"; done
+for n in ${MULTI_ONLY:-1 2 3 4 5 6 7 8 9 10}; do "s$n"; done
 
 echo "multi: $pass passed, $fail failed"
 if [ $fail -ne 0 ]; then
