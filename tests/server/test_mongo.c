@@ -1009,6 +1009,52 @@ raw_claims_of(const char *db, const char *sku)
 }
 
 
+/*
+ * Idempotency keys (keys.c): claimed once, in flight until answered,
+ * replayed byte for byte, refused for another request, released by an
+ * abort, claimed anew once expired; only the claiming host settles it.
+ */
+MONGO_TEST(mongo, idempotency_keys)
+{
+	struct mfx x;
+	struct buf body = BUF_INIT;
+	enum mongo_key_state st;
+	int status = 0;
+
+	mfx_init_mode(&x, MONGO_ATOMIC_AUTO);
+	cr_assert_eq(mongo_key_begin(x.m, "k1", 2, "POST /a", 7, "hostA", 60000, &st, &status, &body), 0);
+	cr_expect_eq(st, MONGO_KEY_NEW);
+	cr_assert_eq(mongo_key_begin(x.m, "k1", 2, "POST /a", 7, "hostB", 60000, &st, &status, &body), 0);
+	cr_expect_eq(st, MONGO_KEY_IN_FLIGHT);
+	cr_expect_eq(mongo_key_finish(x.m, "k1", 2, "hostB", 200, "{}", 2), 0); /* not B's: no effect */
+	cr_assert_eq(mongo_key_begin(x.m, "k1", 2, "POST /a", 7, "hostB", 60000, &st, &status, &body), 0);
+	cr_expect_eq(st, MONGO_KEY_IN_FLIGHT, "another host finished a key it does not own");
+	cr_assert_eq(mongo_key_finish(x.m, "k1", 2, "hostA", 201, "{\"id\":1}\n", 9), 0);
+	cr_assert_eq(mongo_key_begin(x.m, "k1", 2, "POST /a", 7, "hostB", 60000, &st, &status, &body), 0);
+	cr_expect_eq(st, MONGO_KEY_REPLAY);
+	cr_expect_eq(status, 201);
+	cr_expect(body.len == 9 && memcmp(body.data, "{\"id\":1}\n", 9) == 0, "replayed body");
+	buf_free(&body);
+	cr_assert_eq(mongo_key_begin(x.m, "k1", 2, "POST /b", 7, "hostB", 60000, &st, &status, &body), 0);
+	cr_expect_eq(st, MONGO_KEY_MISMATCH);
+
+	cr_assert_eq(mongo_key_begin(x.m, "k2", 2, "r", 1, "hostA", 60000, &st, &status, &body), 0);
+	cr_expect_eq(st, MONGO_KEY_NEW);
+	cr_expect_eq(mongo_key_abort(x.m, "k2", 2, "hostA"), 0);
+	cr_assert_eq(mongo_key_begin(x.m, "k2", 2, "r", 1, "hostB", 60000, &st, &status, &body), 0);
+	cr_expect_eq(st, MONGO_KEY_NEW, "an aborted key runs again");
+
+	/* Expired (ttl 1 ms): claimed anew, even for another request. */
+	sleep_ms(5);
+	cr_assert_eq(mongo_key_begin(x.m, "k1", 2, "POST /c", 7, "hostC", 1, &st, &status, &body), 0);
+	cr_expect_eq(st, MONGO_KEY_NEW);
+	cr_expect_eq(mongo_key_begin(x.m, "", 0, "r", 1, "hostA", 60000, &st, &status, &body), STOCK_EINVAL);
+	cr_expect_eq(mongo_key_begin(x.m, "k3", 2, "r", 1, "bad host", 60000, &st, &status, &body),
+	    STOCK_EINVAL);
+	buf_free(&body);
+	mfx_fini(&x);
+}
+
 MONGO_TEST(mongo_claims, open_logs_the_mode)
 {
 	bool ferret = server_is_ferretdb();
