@@ -330,10 +330,16 @@ keyed_end(struct app *app, struct mg_connection *c, struct keyed *k, int rc,
 	}
 	buf_free(&k->ans.body);
 	if (!refuse(rc, v, &r)) {
-		if (k->active)
-			inventory_idem_abort(app->inv, k->key, k->klen); /* no-op if stored */
-		buf_free(&k->req);
-		return handlers_reply_err(c, rc);
+		if (!(k->active && rc == STOCK_ESYS && v->unknown && !k->ans.stored)) {
+			if (k->active)
+				inventory_idem_abort(app->inv, k->key, k->klen); /* no-op if stored */
+			buf_free(&k->req);
+			return handlers_reply_err(c, rc);
+		}
+		/* It may have applied: a retry with this key must not run it again. */
+		r = (struct refusal){ 503, "store_unavailable",
+			"the store did not confirm the change; it may have applied, and this "
+			"Idempotency-Key will not run it again", NULL, 0 };
 	}
 	refusal_body(&r, &b);
 	if (b.failed) {

@@ -46,6 +46,8 @@ struct checkout_view {
 	char buyer[BUYER_ID_MAX + 1];   /* "" when anonymous */
 	int refused;                    /* on a refusal: the index of the item refused, or -1 */
 	bool over_limit;                /* STOCK_ESOLDOUT: the buyer's limit, not the stock */
+	bool unknown;                   /* STOCK_ESYS that may have applied, its answer not
+	                                   stored with it: the key keeps the 503 (never re-run) */
 	struct stock_level level;       /* buys: the level just after */
 };
 

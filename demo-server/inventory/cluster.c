@@ -248,13 +248,14 @@ cluster_idem_abort(inventory_t *inv, const char *key, size_t klen)
 _Static_assert(LEASE_HOLD_ALL_MAX >= CHECKOUT_ITEMS_MAX, "an order's items fit one holding");
 
 /*
- * An order: every item at once, all or nothing. The leased SKUs are held
- * from this instance's leases first (memory, or a refill); OneStock:Db, if
- * named, is then bought from its document (buy_db: one round trip); only
- * then are the held units sold, on disk before the answer. A refused Db buy
- * gives the held units back; so does a failed one (STOCK_ESYS, which may
- * have sold the Db unit: lost, never sold twice). No idempotency answer or
- * buyer limit in this mode (the handlers refuse those headers first).
+ * An order: every item at once, all or nothing. The buyer's allowances are
+ * taken first (with --max-per-buyer); the leased SKUs are then held from
+ * this instance's leases (memory, or a refill); OneStock:Db, if named, is
+ * bought from its document (buy_db: one round trip); only then are the held
+ * units sold, on disk before the answer. A refused Db buy gives the held
+ * units back; so does a failed one (STOCK_ESYS, which may have sold the Db
+ * unit: lost, never sold twice; out->unknown). An Idempotency-Key's answer
+ * is stored after this returns (idem_finish): @ans is not used.
  */
 static int
 cluster_order(inventory_t *inv, const struct checkout_req *req, struct idem_answer *ans,
@@ -296,9 +297,11 @@ cluster_order(inventory_t *inv, const struct checkout_req *req, struct idem_answ
 		/* A failed Db buy may have sold: its allowance stays taken. */
 		allowance_give_all(c, req, rc == STOCK_ESYS ? db : -1);
 		out->refused = db;
+		out->unknown = rc == STOCK_ESYS;
 		return rc;
 	}
 	rc = nl > 0 ? lease_sell_held(c->leases, &h, NULL) : 0;
+	out->unknown = rc == STOCK_ESYS; /* sold, not known to be on disk */
 	checkout_new_id(out->id, 'o');
 	out->status = HOLD_CONFIRMED;
 	out->n = req->n;
@@ -327,8 +330,13 @@ cluster_buy_as(inventory_t *inv, const char *sku, uint64_t n, const char *buyer,
 	if ((rc = allowance_take_all(c, &req, out)) != 0)
 		return rc;
 	if ((rc = cluster_buy(inv, sku, n, &out->level)) != 0) {
-		allowance_give_all(c, &req, rc == STOCK_ESYS ? 0 : -1);
+		/* A Db buy's STOCK_ESYS may have sold (a leased one's never did). */
+		bool maybe = rc == STOCK_ESYS && catalog_one_find(sku) != NULL &&
+		    catalog_one_find(sku)->durable;
+
+		allowance_give_all(c, &req, maybe ? 0 : -1);
 		out->refused = 0;
+		out->unknown = maybe;
 	}
 	return rc;
 }
