@@ -116,9 +116,11 @@ key_read(struct mongo *m, mongoc_client_t *client, const char *key, size_t klen,
 		bson_copy_to(b, out);
 		rc = 0;
 	}
-	rc = mongo_find_done(m, cur, &e, rc);
-	if (rc != 0 && rc != STOCK_ENOENT)
-		bson_destroy(out);
+	if (mongo_find_done(m, cur, &e, rc) == STOCK_ESYS) {
+		if (rc == 0)
+			bson_destroy(out); /* copied, then the cursor failed */
+		rc = STOCK_ESYS;
+	}
 	bson_destroy(opts);
 	bson_destroy(&filter);
 	mongoc_collection_destroy(coll);
