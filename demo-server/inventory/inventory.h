@@ -46,8 +46,8 @@ struct inventory_ops {
 	void (*close)(inventory_t *inv);
 	/* Checkout (inventory/checkout.h). NULL in a mode without it: then
 	   inventory_has_checkout is false and the handlers answer 501. A mode
-	   may serve some without the rest (the cluster: order and buy_as; see
-	   inventory_has_orders, _buyers, _keys). */
+	   may serve some without the rest (the cluster: order, buy_as and the
+	   idem_* calls; see inventory_has_orders, _buyers, _keys). */
 	int (*hold)(inventory_t *inv, const struct checkout_req *req, struct idem_answer *ans,
 	    struct checkout_view *out);
 	int (*hold_get)(inventory_t *inv, const char *id, size_t len, struct checkout_view *out);
@@ -166,9 +166,11 @@ inventory_close(inventory_t *inv)
 
 /* ---- checkout (inventory/checkout.h; docs/internals/checkout.md) ----------
  *
- * Every operation below is durable before it returns 0 (one atomic commit
- * of the SKU states, the hold or order, the buyer counts and, with @ans,
- * the idempotency answer rendered by ans->render). Refusals change nothing:
+ * Every operation below is durable before it returns 0 (embedded: one
+ * atomic commit of the SKU states, the hold or order, the buyer counts and,
+ * with @ans, the idempotency answer rendered by ans->render; the cluster
+ * leaves ans->stored false, and the handler stores the answer after, with
+ * inventory_idem_finish). Refusals change nothing:
  *   STOCK_ESOLDOUT  an item is short (out->refused is its index), or with
  *                   out->over_limit the buyer's limit (--max-per-buyer) is
  *                   reached for it
@@ -177,7 +179,9 @@ inventory_close(inventory_t *inv)
  *                   (or out->paying) says which
  *   STOCK_EINVAL    a partial confirm names a SKU or quantity not held
  *   STOCK_EBUSY / STOCK_EOPEN / STOCK_ESYS as for buys (ESYS: the change is
- *                   in memory and its commit is retried: outcome unknown)
+ *                   in memory and its commit is retried: outcome unknown;
+ *                   out->unknown when it may have applied and its answer was
+ *                   not stored with it: the key keeps the 503)
  */
 
 /** inventory_has_checkout - whether this mode serves holds, orders, keys and buyer limits. */
