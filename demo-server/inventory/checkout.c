@@ -3,6 +3,8 @@
  * the random ids of holds and orders.
  */
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/random.h>
 
 #include <stock.h>
@@ -42,4 +44,15 @@ checkout_new_id(char *out, char prefix)
 		out[3 + 2 * i] = hex[r[i] & 15];
 	}
 	out[CHECKOUT_ID_LEN] = '\0';
+}
+
+void
+checkout_view_order(struct checkout_view *out, const struct checkout_req *req)
+{
+	checkout_new_id(out->id, 'o');
+	out->status = HOLD_CONFIRMED;
+	out->n = req->n;
+	memcpy(out->items, req->items, req->n * sizeof req->items[0]);
+	if (req->buyer != NULL)
+		snprintf(out->buyer, sizeof out->buyer, "%s", req->buyer);
 }

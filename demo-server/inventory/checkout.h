@@ -90,4 +90,7 @@ enum idem_state {
 /* Payment before a confirm: 0 paid, else a STOCK_E* code the caller maps. */
 typedef int (*checkout_pay_fn)(const struct checkout_view *hold, void *arg);
 
+/** checkout_view_order - fill @out as the confirmed order of @req, with a fresh order id. */
+void checkout_view_order(struct checkout_view *out, const struct checkout_req *req);
+
 #endif /* DEMO_CHECKOUT_H */

@@ -651,12 +651,7 @@ checkout_local_order(inventory_t *inv, const struct checkout_req *req, struct id
 		record_sku(l, &c, ctr[i], req->items[i].sku);
 	}
 	buyer_add(b, &c, req->buyer, req->items, req->n, true);
-	checkout_new_id(out->id, 'o');
-	out->status = HOLD_CONFIRMED;
-	out->n = req->n;
-	memcpy(out->items, req->items, req->n * sizeof req->items[0]);
-	if (req->buyer != NULL)
-		snprintf(out->buyer, sizeof out->buyer, "%s", req->buyer);
+	checkout_view_order(out, req);
 	if ((rc = answer_record(l, &c, ans, out)) == 0)
 		rc = record_queue(l, &c, &pend);
 	record_free(&c);

@@ -302,12 +302,7 @@ cluster_order(inventory_t *inv, const struct checkout_req *req, struct idem_answ
 	}
 	rc = nl > 0 ? lease_sell_held(c->leases, &h, NULL) : 0;
 	out->unknown = rc == STOCK_ESYS; /* sold, not known to be on disk */
-	checkout_new_id(out->id, 'o');
-	out->status = HOLD_CONFIRMED;
-	out->n = req->n;
-	memcpy(out->items, req->items, req->n * sizeof req->items[0]);
-	if (req->buyer != NULL)
-		snprintf(out->buyer, sizeof out->buyer, "%s", req->buyer);
+	checkout_view_order(out, req);
 	return rc;
 }
 
@@ -331,8 +326,8 @@ cluster_buy_as(inventory_t *inv, const char *sku, uint64_t n, const char *buyer,
 		return rc;
 	if ((rc = cluster_buy(inv, sku, n, &out->level)) != 0) {
 		/* A Db buy's STOCK_ESYS may have sold (a leased one's never did). */
-		bool maybe = rc == STOCK_ESYS && catalog_one_find(sku) != NULL &&
-		    catalog_one_find(sku)->durable;
+		const struct catalog_item *it = catalog_one_find(sku);
+		bool maybe = rc == STOCK_ESYS && it != NULL && it->durable;
 
 		allowance_give_all(c, &req, maybe ? 0 : -1);
 		out->refused = 0;

@@ -180,25 +180,14 @@ claim_find(struct mongo *m, mongoc_client_t *client, const char *sku, uint64_t f
 	return rc;
 }
 
-/*
- * Insert @doc into collection @name: the one atomic step claims rely on.
- * Returns 0, CLAIM_LOST (duplicate _id) or STOCK_ESYS (outcome unknown).
- */
+/* mongo_insert_unique, a duplicate being a lost claim. */
 static int
-insert_unique(struct mongo *m, mongoc_client_t *client, const char *name, const bson_t *doc,
+claim_insert_unique(struct mongo *m, mongoc_client_t *client, const char *name, const bson_t *doc,
     bson_error_t *e)
 {
-	mongoc_collection_t *coll;
-	bson_t opts;
-	bool ok;
+	int rc = mongo_insert_unique(m, client, name, doc, e);
 
-	mongo_write_opts(m, &opts, false);
-	coll = mongoc_client_get_collection(client, m->database, name);
-	ok = mongoc_collection_insert_one(coll, doc, &opts, NULL, e);
-	mongo_trip_done(m, ok || mongo_is_dupkey(e), e);
-	mongoc_collection_destroy(coll);
-	bson_destroy(&opts);
-	return ok ? 0 : mongo_is_dupkey(e) ? CLAIM_LOST : STOCK_ESYS;
+	return rc == STOCK_EEXIST ? CLAIM_LOST : rc;
 }
 
 /* Insert claim "<sku>#<from>" -> @next with nonce @op. Returns 0,
@@ -221,7 +210,7 @@ claim_insert(struct mongo *m, mongoc_client_t *client, const char *sku, uint64_t
 	BSON_APPEND_DOCUMENT_BEGIN(&doc, "state", &state);
 	mongo_state_append(&state, next);
 	bson_append_document_end(&doc, &state);
-	rc = insert_unique(m, client, MONGO_CLAIMS_COLLECTION, &doc, e);
+	rc = claim_insert_unique(m, client, MONGO_CLAIMS_COLLECTION, &doc, e);
 	bson_destroy(&doc);
 	return rc;
 }
@@ -375,7 +364,7 @@ doc_create(struct mongo *m, mongoc_client_t *client, const struct mongo_view *v,
 	BSON_APPEND_INT64(&doc, "stock", (int64_t)v->doc.stock);
 	BSON_APPEND_INT64(&doc, "sold", (int64_t)v->doc.sold);
 	BSON_APPEND_INT64(&doc, "version", (int64_t)v->doc.version);
-	rc = insert_unique(m, client, mongo_coll_of(m, v->doc.sku), &doc, e);
+	rc = claim_insert_unique(m, client, mongo_coll_of(m, v->doc.sku), &doc, e);
 	bson_destroy(&doc);
 	return rc;
 }

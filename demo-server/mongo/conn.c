@@ -81,6 +81,23 @@ mongo_coll_of(const struct mongo *m, const char *sku)
 	                                                                        : m->many_coll;
 }
 
+int
+mongo_insert_unique(struct mongo *m, mongoc_client_t *client, const char *name, const bson_t *doc,
+    bson_error_t *e)
+{
+	mongoc_collection_t *coll;
+	bson_t opts;
+	bool ok;
+
+	mongo_write_opts(m, &opts, false);
+	coll = mongoc_client_get_collection(client, m->database, name);
+	ok = mongoc_collection_insert_one(coll, doc, &opts, NULL, e);
+	mongo_trip_done(m, ok || mongo_is_dupkey(e), e);
+	mongoc_collection_destroy(coll);
+	bson_destroy(&opts);
+	return ok ? 0 : mongo_is_dupkey(e) ? STOCK_EEXIST : STOCK_ESYS;
+}
+
 void
 mongo_write_opts(const struct mongo *m, bson_t *opts, bool upsert)
 {

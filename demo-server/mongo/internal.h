@@ -147,6 +147,12 @@ unsigned mongo_sku_stripe(const char *sku);
 
 bool mongo_is_dupkey(const bson_error_t *e);
 
+/* Insert @doc into collection @name of the database: the one atomic step
+   (a unique _id) that claims and idempotency keys rely on. Returns 0,
+   STOCK_EEXIST (duplicate _id) or STOCK_ESYS (outcome unknown; @e). */
+int mongo_insert_unique(struct mongo *m, mongoc_client_t *client, const char *name,
+    const bson_t *doc, bson_error_t *e);
+
 /* The server's clock as this process estimates it, in ms. */
 int64_t mongo_server_ms(const struct mongo *m);
 

@@ -71,15 +71,14 @@ keys_coll(struct mongo *m, mongoc_client_t *client)
 	return mongoc_client_get_collection(client, m->database, MONGO_KEYS_COLLECTION);
 }
 
-/* Insert the in-flight document: 0, 1 (the key exists), STOCK_ESYS (outcome unknown). */
+/* Insert the in-flight document: 0, STOCK_EEXIST (the key exists), STOCK_ESYS (outcome unknown). */
 static int
 key_insert(struct mongo *m, mongoc_client_t *client, const char *key, size_t klen,
     const char *req, size_t rlen, const char *host, int64_t now, int64_t op)
 {
-	mongoc_collection_t *coll = keys_coll(m, client);
-	bson_t doc, opts;
+	bson_t doc;
 	bson_error_t e;
-	bool ok;
+	int rc;
 
 	bson_init(&doc);
 	bson_append_utf8(&doc, "_id", 3, key, (int)klen);
@@ -88,13 +87,9 @@ key_insert(struct mongo *m, mongoc_client_t *client, const char *key, size_t kle
 	BSON_APPEND_UTF8(&doc, "state", "in_flight");
 	BSON_APPEND_INT64(&doc, "at", now);
 	BSON_APPEND_INT64(&doc, "op", op);
-	mongo_write_opts(m, &opts, false);
-	ok = mongoc_collection_insert_one(coll, &doc, &opts, NULL, &e);
-	mongo_trip_done(m, ok || mongo_is_dupkey(&e), &e);
-	bson_destroy(&opts);
+	rc = mongo_insert_unique(m, client, MONGO_KEYS_COLLECTION, &doc, &e);
 	bson_destroy(&doc);
-	mongoc_collection_destroy(coll);
-	return ok ? 0 : mongo_is_dupkey(&e) ? 1 : STOCK_ESYS;
+	return rc;
 }
 
 /* Read the key's document into a copy (@out, bson_destroy it): 0, STOCK_ENOENT, STOCK_ESYS. */
