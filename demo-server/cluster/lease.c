@@ -363,7 +363,7 @@ lease_offer(lease_mgr_t *m, const char *sku, uint64_t remaining, uint64_t sold, 
     bool publish)
 {
 	struct lease_entry *e = find(m, sku);
-	struct cache_state st = { remaining, sold, version, UINT64_MAX, UINT64_MAX };
+	struct cache_state st = { remaining, sold, version, UINT64_MAX, UINT64_MAX, UINT64_MAX };
 
 	if (e == NULL)
 		return;
@@ -373,6 +373,38 @@ lease_offer(lease_mgr_t *m, const char *sku, uint64_t remaining, uint64_t sold, 
 		else if (m->opt.bus != NULL)
 			(void)bus_publish(m->opt.bus, sku, remaining, version);
 	}
+}
+
+static void tend_return(struct lease_mgr *m, struct lease_entry *e);
+
+void
+lease_learn_view(lease_mgr_t *m, const struct mongo_view *v)
+{
+	struct lease_entry *e = find(m, v->doc.sku);
+
+	if (e != NULL)
+		lease__learn(m, e, v, true);
+}
+
+int
+lease_give_back(lease_mgr_t *m, const char *sku)
+{
+	struct lease_entry *e = find(m, sku);
+	struct stock_level l;
+	int rc = 0;
+
+	if (e == NULL || !e->leased)
+		return STOCK_ENOENT;
+	pthread_mutex_lock(&e->mu);
+	stock_counter_read(e->ctr, &l);
+	if (lease__resolve(m, e) < 0 || e->broken)
+		rc = STOCK_ESYS;
+	else if (l.remaining == 0)
+		rc = STOCK_ESOLDOUT;
+	else
+		tend_return(m, e);
+	pthread_mutex_unlock(&e->mu);
+	return rc;
 }
 
 int

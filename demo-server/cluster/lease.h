@@ -43,6 +43,7 @@ struct lease_peek {
 	uint64_t remaining; /* pool + every live lease's unrecorded units, minus our
 	                       sales not yet recorded */
 	uint64_t sold;
+	uint64_t held;    /* units held for holds (holds.<id>) in the newest full read */
 	uint64_t version; /* the document's version */
 };
 
@@ -155,6 +156,20 @@ int lease_peek(lease_mgr_t *m, const char *sku, struct lease_peek *out);
  */
 void lease_offer(lease_mgr_t *m, const char *sku, uint64_t remaining, uint64_t sold,
     uint64_t version, bool publish);
+
+/**
+ * lease_learn_view - a whole document state written or read elsewhere (a
+ * hold's take or end): cached when newer, and published on the bus.
+ */
+void lease_learn_view(lease_mgr_t *m, const struct mongo_view *v);
+
+/**
+ * lease_give_back - return every unsold unit of @sku's counter to the pool
+ * now (a hold, which takes from the pool, found it short). Returns 0 (a
+ * return was tried), STOCK_ESOLDOUT (the counter is empty), STOCK_ENOENT
+ * (not leased), STOCK_ESYS (an update's outcome is still unknown).
+ */
+int lease_give_back(lease_mgr_t *m, const char *sku);
 
 /**
  * lease_refresh - re-read @sku's document now (after an admin change),

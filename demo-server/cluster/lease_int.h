@@ -28,6 +28,7 @@ struct peek_cache {
 	struct stock_version seq;     /* seqlock over the values */
 	struct stock_gauge remaining; /* stock + what live leases hold */
 	struct stock_gauge sold;
+	struct stock_gauge held;      /* units held for holds (holds.<id>), as last read */
 	struct stock_gauge version;   /* the document's version */
 	struct stock_gauge recorded;  /* leases.<host>.sold in the newest view of it */
 	struct stock_gauge pool;      /* the document's stock at pool_version */
@@ -121,6 +122,7 @@ struct cache_state {
 	uint64_t remaining, sold, version;
 	uint64_t recorded; /* our lease's sold in it */
 	uint64_t pool;     /* its stock (leased SKUs) */
+	uint64_t held;     /* units held for holds (bus events: not known) */
 };
 
 /** lease__cache_offer - offer @st to @c (see lease_update.c). True when it was newer. */

@@ -82,12 +82,16 @@ lease__cache_offer(struct peek_cache *c, const struct cache_state *st)
 		stock_gauge_set(&c->remaining, st->remaining);
 		stock_gauge_set(&c->sold, sold);
 		stock_gauge_set(&c->version, st->version);
+		if (st->held != UINT64_MAX)
+			stock_gauge_set(&c->held, st->held);
 	} else if (sold != UINT64_MAX && st->version == stock_gauge_get(&c->version)) {
 		/* The same version read whole (the poll, a round trip): its sold
 		   is exact, where a bus event's was an estimate that a restock
 		   between two events makes too small. A document has one sold
 		   per version, so this only ever corrects. */
 		stock_gauge_set(&c->sold, sold);
+		if (st->held != UINT64_MAX)
+			stock_gauge_set(&c->held, st->held);
 	}
 	if (st->recorded != UINT64_MAX && st->recorded > stock_gauge_get(&c->recorded))
 		stock_gauge_set(&c->recorded, st->recorded);
@@ -109,6 +113,7 @@ lease__cache_read(struct peek_cache *c, struct lease_peek *out, uint64_t *record
 		t = stock_version_read_begin(&c->seq);
 		out->remaining = stock_gauge_get(&c->remaining);
 		out->sold = stock_gauge_get(&c->sold);
+		out->held = stock_gauge_get(&c->held);
 		out->version = stock_gauge_get(&c->version);
 		*recorded = stock_gauge_get(&c->recorded);
 		*pool = stock_gauge_get(&c->pool);
@@ -125,6 +130,7 @@ lease__learn(struct lease_mgr *m, struct lease_entry *e, const struct mongo_view
 		.remaining = view_remaining(v), .sold = v->doc.sold, .version = v->doc.version,
 		.recorded = ours != NULL ? ours->sold : UINT64_MAX,
 		.pool = e->leased ? v->doc.stock : UINT64_MAX,
+		.held = v->held,
 	};
 
 	if (lease__cache_offer(&e->cache, &st) && publish && m->opt.bus != NULL)

@@ -463,8 +463,10 @@ handle_hold_get(struct app *app, struct mg_connection *c, const struct route_req
 
 	if (!inventory_has_checkout(app->inv))
 		return no_checkout(c);
-	if (inventory_hold_get(app->inv, r->sku, strlen(r->sku), &v) != 0)
+	if ((st = inventory_hold_get(app->inv, r->sku, strlen(r->sku), &v)) == STOCK_ENOENT)
 		return http_error(c, 404, "unknown_hold", "no such hold");
+	if (st != 0)
+		return handlers_reply_err(c, st);
 	if (render_hold(&v, &b, NULL) != 0)
 		st = handlers_reply_err(c, STOCK_ENOMEM);
 	else
@@ -622,9 +624,9 @@ catalog_change(struct app *app, struct mg_connection *c, const struct route_req 
 	struct keyed k;
 	int rc;
 
-	if (!inventory_has_checkout(app->inv))
+	if (!inventory_has_catalog(app->inv))
 		return http_error(c, 501, "not_supported",
-		    "creating and retiring SKUs needs the embedded store in this version");
+		    "creating and retiring SKUs at run time needs the embedded store in this version");
 	snprintf(it.sku, sizeof it.sku, "%s", r->sku);
 	if ((rc = handlers_read_body(app, c, &body)) != 0)
 		return rc;

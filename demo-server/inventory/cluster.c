@@ -24,45 +24,16 @@
 #include "common/assert.h"
 #include "config.h"
 #include "inventory/catalog.h"
+#include "inventory/cluster_int.h"
 #include "inventory/inventory.h"
 #include "log.h"
 #include "mongo/mongo.h"
 
-struct cluster {
-	struct inventory base;
-	struct durable_guard guard; /* first after base: cache-line aligned members */
-	mongo_t *mongo;
-	bus_t *bus;                  /* NULL without --redis */
-	lease_mgr_t *leases;
-	struct take_batcher db;      /* OneStock:Db */
-	bool db_ready;
-	/* The bus thread delivers events from bus_open on; it may use `leases`
-	   only once `leases_ready` is set, and only inside `bus_users`, which
-	   close drains before the lease manager goes. */
-	struct stock_latch leases_ready;
-	struct stock_drain bus_users;
-	/* Every SKU of the catalog (for list) and the counters leases sell from. */
-	char (*skus)[STOCK_SKU_MAX + 1];
-	struct stock_counter *counters;
-	size_t nskus, cap, ncounters; /* counters[0..ncounters) are initialised */
-	uint64_t max_per_buyer;       /* --max-per-buyer; 0: no limit */
-	struct stock_stat limits;     /* requests refused at a buyer's limit */
-	struct stock_stat replays;    /* answers replayed for an Idempotency-Key */
-	int64_t idem_ttl_ms;          /* --idempotency-ttl-s */
-	char host[HOST_ID_MAX + 1];   /* --host-id: the owner of the keys this instance claims */
-};
-
-static struct cluster *
-to_cluster(inventory_t *inv)
-{
-	return (struct cluster *)inv;
-}
-
-static void
+void
 peek_level(const struct lease_peek *p, struct stock_level *l)
 {
 	l->remaining = p->remaining;
-	l->held = 0;
+	l->held = p->held;
 	l->sold = p->sold;
 	l->version = p->version;
 }
@@ -149,7 +120,7 @@ allowance_take(struct cluster *c, const char *buyer, const char *sku, uint64_t q
 }
 
 /* Give @q back (a purchase that was refused after its allowance_take). Best effort. */
-static void
+void
 allowance_give(struct cluster *c, const char *buyer, const char *sku, uint64_t q)
 {
 	char key[MONGO_BUYER_KEY_LEN + 1];
@@ -162,7 +133,7 @@ allowance_give(struct cluster *c, const char *buyer, const char *sku, uint64_t q
 }
 
 /* Take the allowance of every item (all or nothing): 0, or the refusal with out->refused. */
-static int
+int
 allowance_take_all(struct cluster *c, const struct checkout_req *req, struct checkout_view *out)
 {
 	size_t i;
@@ -183,7 +154,7 @@ allowance_take_all(struct cluster *c, const struct checkout_req *req, struct che
 }
 
 /* Give back the allowance of every item but @keep (-1: none kept). */
-static void
+void
 allowance_give_all(struct cluster *c, const struct checkout_req *req, int keep)
 {
 	if (req->buyer == NULL || c->max_per_buyer == 0)
@@ -478,6 +449,7 @@ cluster_metrics(inventory_t *inv, struct buf *out)
 	    "Requests refused by --max-per-buyer.", stock_stat_sum(&c->limits));
 	prom_counter_u64(out, "stock_idempotent_replays_total",
 	    "Requests answered with a stored Idempotency-Key answer.", stock_stat_sum(&c->replays));
+	cluster_holds_metrics(c, out);
 	lease_metrics(c, out);
 	if (c->bus != NULL)
 		bus_metrics(c, out);
@@ -489,6 +461,7 @@ cluster_close(inventory_t *inv)
 {
 	struct cluster *c = to_cluster(inv);
 
+	cluster_holds_stop(c); /* the sweeper uses the lease manager too */
 	/* The bus thread must be out of the lease manager before it goes. */
 	stock_drain_close(&c->bus_users, NULL);
 	if (c->leases != NULL)
@@ -521,8 +494,13 @@ static const struct inventory_ops cluster_ops = {
 	.healthy = cluster_healthy,
 	.metrics = cluster_metrics,
 	.close = cluster_close,
+	.hold = cluster_hold,
+	.hold_get = cluster_hold_get,
+	.confirm = cluster_confirm,
+	.cancel = cluster_cancel,
 	.order = cluster_order,
 	.buy_as = cluster_buy_as,
+	.adjust_as = cluster_adjust_as,
 	.idem_begin = cluster_idem_begin,
 	.idem_finish = cluster_idem_finish,
 	.idem_abort = cluster_idem_abort,
@@ -709,6 +687,10 @@ inventory_cluster_open(inventory_t **out, const struct app_config *cfg)
 		goto fail;
 	}
 	stock_latch_set(&c->leases_ready);
+	if ((rc = cluster_holds_start(c, cfg)) != 0) {
+		log_error("checkout", "cannot start the hold sweeper: %s", stock_strerror(rc));
+		goto fail;
+	}
 	log_info("catalog", "MongoDB catalog: OneStock (Db, Atomic, Signal, Lock) and %zu ManyStock SKUs; "
 	    "host id %s", c->nskus - CATALOG_ONE_COUNT, cfg->host_id);
 	*out = &c->base;

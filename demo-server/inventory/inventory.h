@@ -46,8 +46,9 @@ struct inventory_ops {
 	void (*close)(inventory_t *inv);
 	/* Checkout (inventory/checkout.h). NULL in a mode without it: then
 	   inventory_has_checkout is false and the handlers answer 501. A mode
-	   may serve some without the rest (the cluster: order, buy_as and the
-	   idem_* calls; see inventory_has_orders, _buyers, _keys). */
+	   may serve some without the rest (the cluster: everything but
+	   sku_create and sku_retire; see inventory_has_catalog, _orders,
+	   _buyers, _keys). */
 	int (*hold)(inventory_t *inv, const struct checkout_req *req, struct idem_answer *ans,
 	    struct checkout_view *out);
 	int (*hold_get)(inventory_t *inv, const char *id, size_t len, struct checkout_view *out);
@@ -191,6 +192,13 @@ inventory_has_checkout(const inventory_t *inv)
 	return inv->ops->hold != NULL;
 }
 
+/** inventory_has_catalog - whether this mode creates and retires SKUs at run time (Admin PUT / DELETE). */
+static inline bool
+inventory_has_catalog(const inventory_t *inv)
+{
+	return inv->ops->sku_create != NULL;
+}
+
 /** inventory_has_orders - whether this mode serves POST Orders. */
 static inline bool
 inventory_has_orders(const inventory_t *inv)
@@ -220,7 +228,7 @@ inventory_hold(inventory_t *inv, const struct checkout_req *req, struct idem_ans
 	return inv->ops->hold(inv, req, ans, out);
 }
 
-/** inventory_hold_get - the hold @id[0..@len): 0 or STOCK_ENOENT. No I/O. */
+/** inventory_hold_get - the hold @id[0..@len): 0, STOCK_ENOENT (embedded: no I/O; the cluster reads MongoDB: STOCK_ESYS too). */
 static inline int
 inventory_hold_get(inventory_t *inv, const char *id, size_t len, struct checkout_view *out)
 {

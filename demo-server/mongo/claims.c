@@ -585,36 +585,39 @@ claim_write(struct mongo *m, mongoc_client_t *client, const struct mongo_op *op,
     struct mongo_view *out)
 {
 	const char *sku = op->sku;
-	struct claim_run r;
+	struct claim_run *r = malloc(sizeof *r); /* two views: too big for a worker's stack */
 	uint64_t give_up = stock_now_ns() + (uint64_t)m->timeout_ms * 1000000ULL;
 	pthread_mutex_t *lk;
 	int rc = STOCK_ECONFLICT;
 
-	memset(&r, 0, sizeof r);
-	r.m = m;
-	r.client = client;
-	r.sku = sku;
-	r.op = op;
-	r.slot = &m->claims->slots[mongo_sku_stripe(sku)];
+	if (r == NULL)
+		return STOCK_ENOMEM;
+	memset(r, 0, sizeof *r);
+	r->m = m;
+	r->client = client;
+	r->sku = sku;
+	r->op = op;
+	r->slot = &m->claims->slots[mongo_sku_stripe(sku)];
 	lk = mongo_sku_lock(m, sku);
 	ASSERT(lk != NULL); /* claims_init set serialize: the slot needs the lock */
-	while (r.lost < CLAIM_TRIES || stock_now_ns() < give_up) {
-		if (!r.have && (rc = claim_base(&r, out)) != CLAIM_READY) {
+	while (r->lost < CLAIM_TRIES || stock_now_ns() < give_up) {
+		if (!r->have && (rc = claim_base(r, out)) != CLAIM_READY) {
 			if (rc == CLAIM_LOST)
 				continue;
 			break;
 		}
-		if ((rc = claim_try(&r, out)) != CLAIM_LOST)
+		if ((rc = claim_try(r, out)) != CLAIM_LOST)
 			break;
 	}
 	mongo_sku_unlock(lk);
 	if (rc == CLAIM_LOST) {
 		if (read_latest(m, client, sku, out, NULL) != 0)
-			*out = r.cur; /* the callers' @after: as current as can be had */
+			*out = r->cur; /* the callers' @after: as current as can be had */
 		rc = STOCK_ECONFLICT;
 	}
-	if (r.prune)
-		claim_prune(m, client, sku, r.pruned_from);
+	if (r->prune)
+		claim_prune(m, client, sku, r->pruned_from);
+	free(r);
 	return rc;
 }
 

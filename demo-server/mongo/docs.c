@@ -98,6 +98,41 @@ leases_decode(struct mongo *m, bson_iter_t *it, struct mongo_view *v, bool *extr
 	return true;
 }
 
+/* The holds sub-document {<hold id>: q} into @v (see mongo.h). */
+static bool
+holds_decode(bson_iter_t *it, struct mongo_view *v, const char **why)
+{
+	bson_iter_t hs;
+
+	if (!BSON_ITER_HOLDS_DOCUMENT(it) || !bson_iter_recurse(it, &hs)) {
+		*why = "holds is not a document";
+		return false;
+	}
+	while (bson_iter_next(&hs)) {
+		const char *id = bson_iter_key(&hs);
+		size_t n = strlen(id);
+		uint64_t q;
+
+		if (n > MONGO_HOLD_ID_MAX || !host_id_valid(id, n)) {
+			*why = "a hold entry has an invalid id";
+			return false;
+		}
+		if (!doc_iter_count(&hs, STOCK_COUNT_MAX, &q) || q == 0 ||
+		    v->held > STOCK_COUNT_MAX - q) {
+			*why = "a hold entry is not a count in range";
+			return false;
+		}
+		if (v->nholds == MONGO_HOLDS_MAX) {
+			*why = "more than MONGO_HOLDS_MAX hold entries";
+			return false;
+		}
+		memcpy(v->holds[v->nholds].id, id, n + 1);
+		v->holds[v->nholds++].q = q;
+		v->held += q;
+	}
+	return true;
+}
+
 /* One top-level field of a document: the SKU document's own (common/doc.h;
    *@seen gets their bits), lost or leases. Unknown fields are ignored. */
 static bool
@@ -112,6 +147,10 @@ field_decode(struct mongo *m, bson_iter_t *it, bool want_id, struct mongo_view *
 	}
 	if (strcmp(key, "leases") == 0)
 		return leases_decode(m, it, v, extra, why);
+	if (strcmp(key, "holds") == 0)
+		return holds_decode(it, v, why);
+	if (strcmp(key, "nholds") == 0)
+		return true; /* native's count of holds (native_query); the map is the truth */
 	return sku_doc_decode_field(it, want_id, false, &v->doc, seen, why);
 }
 
@@ -195,6 +234,12 @@ mongo_state_append(bson_t *b, const struct mongo_view *v)
 	BSON_APPEND_DOCUMENT_BEGIN(b, "leases", &ls);
 	for (size_t i = 0; i < v->nleases; i++)
 		lease_append(&ls, v->leases[i].host, &v->leases[i].lease);
+	bson_append_document_end(b, &ls);
+	ASSERT(v->nholds <= MONGO_HOLDS_MAX);
+	BSON_APPEND_INT64(b, "nholds", (int64_t)v->nholds);
+	BSON_APPEND_DOCUMENT_BEGIN(b, "holds", &ls);
+	for (size_t i = 0; i < v->nholds; i++)
+		BSON_APPEND_INT64(&ls, v->holds[i].id, (int64_t)v->holds[i].q);
 	bson_append_document_end(b, &ls);
 }
 
@@ -487,6 +532,34 @@ lease_update(bson_t *u, const struct mongo_op *op)
 }
 
 /*
+ * Hold: {_id, stock >= n, holds.<id> absent, nholds < MONGO_HOLDS_MAX (a
+ * missing nholds is 0)}, then stock -= n, nholds + 1, holds.<id> = n.
+ * Unhold: {_id, holds.<id>: n}, then sold += sell, stock += n - sell,
+ * nholds - 1, holds.<id> removed.
+ */
+static void
+hold_query(const struct mongo_op *op, bson_t *q, bson_t *u)
+{
+	char key[sizeof "holds." + MONGO_HOLD_ID_MAX];
+	int64_t n = (int64_t)op->n, sell = (int64_t)op->sell;
+	int kl = snprintf(key, sizeof key, "holds.%s", op->hold);
+
+	ASSERT(kl > 0 && (size_t)kl < sizeof key);
+	if (op->kind == MONGO_OP_HOLD) {
+		BCON_APPEND(q, "_id", BCON_UTF8(op->sku), "stock", "{", "$gte", BCON_INT64(n), "}",
+		    key, "{", "$exists", BCON_BOOL(false), "}", "nholds", "{", "$not", "{", "$gte",
+		    BCON_INT64(MONGO_HOLDS_MAX), "}", "}");
+		BCON_APPEND(u, "$inc", "{", "stock", BCON_INT64(-n), "nholds", BCON_INT64(1),
+		    "version", BCON_INT64(1), "}", "$set", "{", key, BCON_INT64(n), "}");
+	} else {
+		BCON_APPEND(q, "_id", BCON_UTF8(op->sku), key, BCON_INT64(n));
+		BCON_APPEND(u, "$inc", "{", "sold", BCON_INT64(sell), "stock", BCON_INT64(n - sell),
+		    "nholds", BCON_INT64(-1), "version", BCON_INT64(1), "}", "$unset", "{", key,
+		    BCON_UTF8(""), "}");
+	}
+}
+
+/*
  * The filter and update of @op: its conditions (mongo_op_next) as a
  * findAndModify. Take: {_id, stock >= n, sold <= STOCK_COUNT_MAX - n}, $inc.
  * Adjust: an upsert, $set (absolute) or $inc with stock <= STOCK_COUNT_MAX
@@ -515,6 +588,8 @@ native_query(const struct mongo_op *op, bson_t *q, bson_t *u, bool *upsert)
 		    BCON_INT64((int64_t)STOCK_COUNT_MAX - n), "}");
 		BCON_APPEND(u, "$inc", "{", "stock", BCON_INT64(n), "version", BCON_INT64(1), "}",
 		    "$setOnInsert", "{", "sold", BCON_INT64(0), "}");
+	} else if (op->kind == MONGO_OP_HOLD || op->kind == MONGO_OP_UNHOLD) {
+		hold_query(op, q, u);
 	} else {
 		lease_query(q, op);
 		lease_update(u, op);

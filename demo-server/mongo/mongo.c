@@ -196,10 +196,72 @@ lease_next(const struct mongo_op *op, const struct mongo_view *cur, struct mongo
 	return 0;
 }
 
+/* The index of hold @id's entry in @v, or v->nholds. */
+static size_t
+hold_find(const struct mongo_view *v, const char *id)
+{
+	size_t i;
+
+	for (i = 0; i < v->nholds && strcmp(v->holds[i].id, id) != 0; i++)
+		;
+	return i;
+}
+
+static int
+hold_next(const struct mongo_op *op, const struct mongo_view *cur, struct mongo_view *next)
+{
+	size_t i;
+
+	if (cur == NULL)
+		return STOCK_ENOENT;
+	if (hold_find(cur, op->hold) < cur->nholds)
+		return STOCK_EEXIST;
+	if (cur->doc.stock < op->n)
+		return STOCK_ESOLDOUT;
+	if (cur->nholds == MONGO_HOLDS_MAX)
+		return STOCK_EBUSY;
+	if (cur->doc.version >= (uint64_t)INT64_MAX || cur->held > STOCK_COUNT_MAX - op->n)
+		return STOCK_ERANGE;
+	*next = *cur;
+	next->doc.stock -= op->n;
+	next->held += op->n;
+	next->doc.version++;
+	i = next->nholds++;
+	memcpy(next->holds[i].id, op->hold, strlen(op->hold) + 1);
+	next->holds[i].q = op->n;
+	return 0;
+}
+
+static int
+unhold_next(const struct mongo_op *op, const struct mongo_view *cur, struct mongo_view *next)
+{
+	size_t i;
+
+	if (cur == NULL || (i = hold_find(cur, op->hold)) == cur->nholds)
+		return STOCK_ENOENT;
+	if (cur->holds[i].q != op->n)
+		return STOCK_ECONFLICT;
+	ASSERT(op->sell <= op->n && cur->held >= op->n);
+	if (cur->doc.version >= (uint64_t)INT64_MAX || cur->doc.sold > STOCK_COUNT_MAX - op->sell ||
+	    cur->doc.stock > STOCK_COUNT_MAX - (op->n - op->sell))
+		return STOCK_ERANGE;
+	*next = *cur;
+	next->doc.sold += op->sell;
+	next->doc.stock += op->n - op->sell;
+	next->held -= op->n;
+	next->doc.version++;
+	next->holds[i] = next->holds[--next->nholds];
+	return 0;
+}
+
 int
 mongo_op_next(const struct mongo_op *op, const struct mongo_view *cur, struct mongo_view *next)
 {
 	switch (op->kind) {
+	case MONGO_OP_HOLD:
+		return hold_next(op, cur, next);
+	case MONGO_OP_UNHOLD:
+		return unhold_next(op, cur, next);
 	case MONGO_OP_TAKE:
 		return take_next(op, cur, next);
 	case MONGO_OP_ADJUST:
@@ -258,6 +320,46 @@ mongo_lease_cas(mongo_t *m, const char *sku, const char *host, const struct mong
 		return STOCK_EINVAL;
 	rc = m->be->write(m, &op, &v);
 	if ((rc == 0 || rc == STOCK_ECONFLICT || rc == STOCK_ESOLDOUT) && after != NULL)
+		*after = v;
+	return rc;
+}
+
+/* A hold id: 1..MONGO_HOLD_ID_MAX of [A-Za-z0-9_-] (a field name as is). */
+static bool
+hold_id_ok(const char *id)
+{
+	return id != NULL && strnlen(id, MONGO_HOLD_ID_MAX + 1) <= MONGO_HOLD_ID_MAX &&
+	    host_id_valid(id, strlen(id));
+}
+
+int
+mongo_hold_take(mongo_t *m, const char *sku, const char *id, uint64_t q, struct mongo_view *after)
+{
+	struct mongo_op op = { .kind = MONGO_OP_HOLD, .sku = sku, .hold = id, .n = q };
+	struct mongo_view v;
+	int rc;
+
+	if (m == NULL || sku_check(sku) != 0 || !hold_id_ok(id) || q == 0 || q > STOCK_COUNT_MAX)
+		return STOCK_EINVAL;
+	rc = m->be->write(m, &op, &v);
+	if ((rc == 0 || rc == STOCK_ESOLDOUT) && after != NULL)
+		*after = v;
+	return rc;
+}
+
+int
+mongo_hold_end(mongo_t *m, const char *sku, const char *id, uint64_t q, uint64_t sell,
+    struct mongo_view *after)
+{
+	struct mongo_op op = { .kind = MONGO_OP_UNHOLD, .sku = sku, .hold = id, .n = q, .sell = sell };
+	struct mongo_view v;
+	int rc;
+
+	if (m == NULL || sku_check(sku) != 0 || !hold_id_ok(id) || q == 0 || q > STOCK_COUNT_MAX ||
+	    sell > q)
+		return STOCK_EINVAL;
+	rc = m->be->write(m, &op, &v);
+	if (rc == 0 && after != NULL)
 		*after = v;
 	return rc;
 }

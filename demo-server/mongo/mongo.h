@@ -12,7 +12,9 @@
  *   - mongo_seed inserts the catalog ($setOnInsert);
  *   - mongo_take is the durable Db buy (stock >= n);
  *   - mongo_adjust is an operator restock / correction;
- *   - mongo_lease_cas moves units between the pool and one instance's lease.
+ *   - mongo_lease_cas moves units between the pool and one instance's lease;
+ *   - mongo_hold_take / mongo_hold_end move units between the pool and one
+ *     hold's entry (holds.<hold id>: q), and from that entry to sold.
  * Every round trip is bounded by opt->timeout_ms; retryWrites is off, so a
  * conditional update is never sent twice.
  *
@@ -42,6 +44,13 @@ typedef struct mongo mongo_t;
 
 /* Leases kept per document (one per instance). */
 #define MONGO_LEASES_MAX 16
+
+/* Live holds per SKU document (holds.<id>: units held for that hold), and
+   the longest hold id (1..MONGO_HOLD_ID_MAX of [A-Za-z0-9_-]). A view is
+   copied by value and lives on HTTP workers' stacks (civetweb's: 100 KiB),
+   which is what bounds MONGO_HOLDS_MAX; a hold beyond it is STOCK_EBUSY. */
+#define MONGO_HOLDS_MAX 64
+#define MONGO_HOLD_ID_MAX 34
 
 enum mongo_atomic_mode {
 	MONGO_ATOMIC_AUTO = 0,   /* claims on FerretDB (buildInfo.ferretdbVersion), native otherwise */
@@ -78,6 +87,12 @@ struct mongo_view {
 		char host[HOST_ID_MAX + 1];
 		struct mongo_lease lease;
 	} leases[MONGO_LEASES_MAX];
+	uint64_t held; /* the sum of holds[].q: units out of the pool, held for holds */
+	size_t nholds;
+	struct {
+		char id[MONGO_HOLD_ID_MAX + 1];
+		uint64_t q;
+	} holds[MONGO_HOLDS_MAX];
 };
 
 /* Round-trip counters, for /metrics. */
@@ -189,6 +204,33 @@ int mongo_lease_cas(mongo_t *m, const char *sku, const char *host, const struct 
     const struct mongo_lease *next, int64_t d_stock, int64_t d_sold, int64_t d_lost,
     struct mongo_view *after);
 
+/**
+ * mongo_hold_take - hold @q units of @sku's pool for hold @id: one update
+ * with the condition stock >= q, holds.<id> absent and fewer than
+ * MONGO_HOLDS_MAX entries; it does stock -= q, holds.<id> = q, version + 1.
+ * Returns 0 (@after, may be NULL: the document after), STOCK_ESOLDOUT
+ * (stock < q; @after: the document as read), STOCK_EEXIST (the entry exists:
+ * this take, or another, applied before), STOCK_EBUSY (MONGO_HOLDS_MAX live
+ * holds), STOCK_ENOENT (no document), STOCK_ESYS (outcome unknown, as for
+ * mongo_take: never retried), STOCK_ECONFLICT, STOCK_ERANGE, STOCK_EINVAL
+ * (bad id, q 0 or above STOCK_COUNT_MAX).
+ */
+int mongo_hold_take(mongo_t *m, const char *sku, const char *id, uint64_t q,
+    struct mongo_view *after);
+
+/**
+ * mongo_hold_end - end hold @id's entry in @sku's document, which must hold
+ * exactly @q: @sell of them are sold, q - sell go back to the pool, the
+ * entry is removed, version + 1. Idempotent: once the entry is gone it
+ * answers STOCK_ENOENT and applies nothing, so any instance may end a hold
+ * again after a crash or an unknown outcome. Returns 0 (@after, may be
+ * NULL), STOCK_ENOENT (no such entry, or no document), STOCK_ECONFLICT (the entry holds another
+ * quantity, or the document kept changing), STOCK_ESYS (unknown: calling
+ * again is safe), STOCK_ERANGE, STOCK_EINVAL (@sell > @q, bad id).
+ */
+int mongo_hold_end(mongo_t *m, const char *sku, const char *id, uint64_t q, uint64_t sell,
+    struct mongo_view *after);
+
 /* ---- idempotency keys (keys.c) ------------------------------------------ */
 
 #define MONGO_KEYS_COLLECTION "IdempotencyKeys" /* reserved, like MONGO_BUYERS_COLLECTION */
@@ -217,6 +259,83 @@ int mongo_key_finish(mongo_t *m, const char *key, size_t klen, const char *host,
 
 /** mongo_key_abort - forget @host's in-flight @key (a retry runs again): 0, STOCK_ESYS, STOCK_EINVAL. */
 int mongo_key_abort(mongo_t *m, const char *key, size_t klen, const char *host);
+
+/* ---- holds (holds.c) ------------------------------------------------------
+ *
+ * A hold's record lives in MONGO_HOLDS_COLLECTION; its units in the holds.<id>
+ * entries of its SKUs' documents (mongo_hold_take / mongo_hold_end). Three
+ * documents per hold, each written by one insert (atomic on FerretDB too):
+ *   {_id: id, kind: "hold", items: [{sku, q}], expires, buyer, at, done}
+ *   {_id: id + "/end", kind: "end", hold: id, end, sell: [n], op, done}
+ *       the decision, made once: whoever inserts it first decides;
+ *   {_id: id + "/pay", kind: "lock", hold: id, until, op}
+ *       a payment (or a cancel / expiry) in progress until `until`.
+ * `done` (set by mongo_hold_finished) says every entry has been ended.
+ */
+
+#define MONGO_HOLDS_COLLECTION "Holds" /* reserved, like MONGO_BUYERS_COLLECTION */
+#define MONGO_HOLD_ITEMS_MAX 16
+#define MONGO_HOLD_BUYER_MAX 64
+
+enum mongo_hold_end {
+	MONGO_HOLD_OPEN = 0,  /* not decided yet */
+	MONGO_HOLD_CONFIRMED, /* sell[] of each item sold, the rest released */
+	MONGO_HOLD_CANCELLED,
+	MONGO_HOLD_EXPIRED,
+	MONGO_HOLD_ABORTED    /* its creation failed half way: never answered 201 */
+};
+
+struct mongo_hold {
+	char id[MONGO_HOLD_ID_MAX + 1];
+	size_t n;
+	struct {
+		char sku[STOCK_SKU_MAX + 1];
+		uint64_t q;    /* held */
+		uint64_t sell; /* confirmed (MONGO_HOLD_CONFIRMED only) */
+	} items[MONGO_HOLD_ITEMS_MAX];
+	int64_t expires_ms;                   /* unix ms */
+	char buyer[MONGO_HOLD_BUYER_MAX + 1]; /* "" when anonymous */
+	enum mongo_hold_end end;
+	bool done;
+	int64_t lock_until_ms; /* the lock's `until` (mongo_hold_read only); 0: no lock */
+};
+
+/** mongo_hold_create - insert @h's record (its end, done and lock ignored): 0, STOCK_EEXIST, STOCK_ESYS (unknown), STOCK_EINVAL. */
+int mongo_hold_create(mongo_t *m, const struct mongo_hold *h);
+
+/** mongo_hold_read - hold @id with its decision and lock: 0, STOCK_ENOENT, STOCK_ESYS, STOCK_EINVAL. */
+int mongo_hold_read(mongo_t *m, const char *id, struct mongo_hold *out);
+
+/**
+ * mongo_hold_decide - decide @h (read before): @end, with @sell[i] (may be
+ * NULL unless confirming) the units sold of item i. Returns 0 (this call
+ * decided: h->end = @end, sells set), STOCK_EEXIST (decided before: h->end
+ * and sells are the decision), STOCK_ESYS (unknown: the decision may land;
+ * h unchanged), STOCK_EINVAL.
+ */
+int mongo_hold_decide(mongo_t *m, struct mongo_hold *h, enum mongo_hold_end end, const uint64_t *sell);
+
+/**
+ * mongo_hold_lock - take hold @id's lock until @until_ms: 0 (*@token: this
+ * lock), STOCK_EEXIST (someone holds or held it: mongo_hold_read tells
+ * until when), STOCK_ESYS (unknown), STOCK_EINVAL.
+ */
+int mongo_hold_lock(mongo_t *m, const char *id, int64_t until_ms, int64_t *token);
+
+/** mongo_hold_unlock - delete the lock @token took (a failed payment): 0, STOCK_ESYS. */
+int mongo_hold_unlock(mongo_t *m, const char *id, int64_t token);
+
+/** mongo_hold_finished - mark @id's record and decision done (every entry ended): 0, STOCK_ESYS. */
+int mongo_hold_finished(mongo_t *m, const char *id);
+
+/* Callback of mongo_hold_list_open: 0 goes on, anything else stops. */
+typedef int (*mongo_hold_fn)(const struct mongo_hold *h, void *arg);
+
+/**
+ * mongo_hold_list_open - every hold not done, with its decision (lock not
+ * read), in one find. Returns 0, @fn's value, STOCK_ESYS, STOCK_ENOMEM.
+ */
+int mongo_hold_list_open(mongo_t *m, mongo_hold_fn fn, void *arg);
 
 /**
  * mongo_buyer_key - the id of @buyer's allowance document for @sku into @out

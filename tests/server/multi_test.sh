@@ -110,11 +110,14 @@ code() { curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X "$1" "$(url "$2
 # doc SKU -> the document as one JSON line (relaxed extended JSON)
 doc() { "$DOCS" "$STOCK_TEST_MONGO_URI" "$DB" | jq -c --arg id "$1" 'select(._id == $id)'; }
 field() { doc "$1" | jq -r "$2"; }
-# conservation: stock + sold + lost + sum(held of live leases) must equal the initial stock
+# conservation: stock + sold + lost + sum(held of live leases) + sum(hold entries)
+# must equal the initial stock
 total_of() {
 	doc "$1" | jq '.stock + .sold + (.lost // 0) + ([(.leases // {}) | to_entries[] | .value |
-		select(.reclaimed != true) | .granted - .sold - .returned] | add // 0)'
+		select(.reclaimed != true) | .granted - .sold - .returned] | add // 0) +
+		([(.holds // {}) | to_entries[] | .value] | add // 0)'
 }
+holds_of() { doc "$1" | jq '[(.holds // {}) | to_entries[] | .value] | add // 0'; }
 held_of() { doc "$1" | jq '[(.leases // {}) | to_entries[] | .value | .granted - .sold - .returned] | add // 0'; }
 
 # wrk_buy OUT I PATH SECONDS: load one instance, tally of statuses in OUT
@@ -197,15 +200,11 @@ for spec in "OneStock:Db /api/v1/OneStock/Db/Buy" \
 	check "sold out: $sku every instance answers 409" \
 		"[ \"\$(code POST 1 $path)\$(code POST 2 $path)\$(code POST 3 $path)\" = 409409409 ]"
 done
-# Holds and the run-time catalog are embedded-only in this version: a
-# documented 501, never a change (Orders: scenario 8; buyer limits: 9;
-# Idempotency-Key: 10).
-body='{"items":[{"sku":"NVDA","quantity":1}]}'
-co="$(code POST 1 /api/v1/Holds -d "$body")"
-co="$co$(code PUT 2 /api/v1/Admin/Stock/NEWSKU -H "Authorization: Bearer $TOKEN" -d '{"remaining":5}')"
-co="$co$(code POST 3 /api/v1/Admin/Stock/NVDA -H "Authorization: Bearer $TOKEN" -H 'Idempotency-Key: k3' -d '{"restock":5}')"
-check "cluster mode: Holds, Admin PUT Stock and keyed Admin POST answer 501 not_supported ($co)" \
-	"[ '$co' = 501501501 ]"
+# The run-time catalog is embedded-only in this version: a documented 501,
+# never a change (Holds and keys: scenario 11).
+co="$(code PUT 2 /api/v1/Admin/Stock/NEWSKU -H "Authorization: Bearer $TOKEN" -d '{"remaining":5}')"
+co="$co$(code DELETE 3 /api/v1/Admin/Stock/NVDA -H "Authorization: Bearer $TOKEN")"
+check "cluster mode: Admin PUT and DELETE Stock answer 501 not_supported ($co)" "[ '$co' = 501501 ]"
 stop_all
 for sku in OneStock:Atomic NVDA; do
 	check "after SIGTERM: $sku conserved (total $(total_of $sku) == $INITIAL), no lease held" \
@@ -651,8 +650,106 @@ check "keys: the stock moved once: NVDA sold $(field NVDA .sold) == 2, TSLA $(fi
 
 }
 
+# --- 11. holds across instances ---------------------------------------------
+s11() {
+
+# A hold made on one instance is read, confirmed or cancelled on another,
+# also after a kill -9 of the instance that made it; it expires exactly once
+# (by whichever instance's sweeper gets there first); creation is all or
+# nothing; holds racing on three instances never hold more than there is;
+# every unit ends sold or back in the pool.
+new_db
+for i in 1 2 3; do start $i --initial-stock 100 --record-ms 50; done
+hold() { # I JSON-BODY OUT: status; body in OUT
+	curl -s -o "$3" -w '%{http_code}' --max-time 10 -X POST -H 'Content-Type: application/json' \
+		-d "$2" "$(url "$1" /api/v1/Holds)"
+}
+act() { # I ID ACTION OUT: status of Confirm / Cancel; body in OUT
+	curl -s -o "$4" -w '%{http_code}' --max-time 10 -X POST "$(url "$1" "/api/v1/Holds/$2/$3")"
+}
+get() { curl -s --max-time 10 "$(url "$1" "/api/v1/Holds/$2")"; }
+st=$(hold 1 '{"items":[{"sku":"NVDA","quantity":2},{"sku":"OneStock:Db","quantity":1}]}' "$TMP/h1")
+id=$(jq -r .hold_id "$TMP/h1")
+check "holds: created on 1 ($st), NVDA 2 and Db 1 held in their documents" \
+	"[ $st = 201 ] && [ \"\$(holds_of NVDA)\" = 2 ] && [ \"\$(holds_of OneStock:Db)\" = 1 ]"
+check "holds: read on 2 as held" "[ \"\$(get 2 $id | jq -r .status)\" = held ]"
+c1=$(act 2 "$id" Confirm "$TMP/c1") c2=$(act 3 "$id" Confirm "$TMP/c2") c3=$(act 1 "$id" Cancel "$TMP/c3")
+check "holds: confirmed on 2 ($c1), again on 3 with the same body ($c2), cancel on 1 refused ($c3)" \
+	"[ '$c1 $c2 $c3' = '200 200 409' ] && cmp -s $TMP/c1 $TMP/c2 && [ \"\$(jq -r .status $TMP/c1)\" = confirmed ]"
+check "holds: the confirm sold NVDA 2, Db 1 (sold $(field NVDA .sold), $(field OneStock:Db .sold)), entries gone" \
+	"[ \"\$(field NVDA .sold)\" = 2 ] && [ \"\$(field OneStock:Db .sold)\" = 1 ] && [ \"\$(holds_of NVDA)\" = 0 ]"
+st=$(hold 2 '{"items":[{"sku":"AMD","quantity":3}]}' "$TMP/h2"); id2=$(jq -r .hold_id "$TMP/h2")
+c1=$(act 3 "$id2" Cancel "$TMP/c1") c2=$(act 1 "$id2" Confirm "$TMP/c2")
+check "holds: made on 2 ($st), cancelled on 3 ($c1), confirm on 1 refused ($c2); AMD back in the pool" \
+	"[ '$st $c1 $c2' = '201 200 409' ] && [ \"\$(field AMD .stock)\" = 100 ] && [ \"\$(holds_of AMD)\" = 0 ]"
+st=$(hold 1 '{"items":[{"sku":"NVDA","quantity":1},{"sku":"AMD","quantity":1000}]}' "$TMP/h3")
+check "holds: all or nothing: AMD short answers 409 naming it ($st $(jq -r .sku $TMP/h3)), nothing held" \
+	"[ $st = 409 ] && [ \"\$(jq -r .sku $TMP/h3)\" = AMD ] && [ \"\$(holds_of NVDA)\" = 0 ]"
+# kill -9 of the instance that made the hold: it expires on the others, once.
+st=$(hold 1 '{"items":[{"sku":"TSLA","quantity":4}],"ttl_ms":1000}' "$TMP/h4"); id4=$(jq -r .hold_id "$TMP/h4")
+st5=$(hold 1 '{"items":[{"sku":"TSLA","quantity":5}],"ttl_ms":60000}' "$TMP/h5"); id5=$(jq -r .hold_id "$TMP/h5")
+kill9 1
+sleep 2.5
+check "holds: made on 1 ($st $st5), 1 killed: the short one expired on the others within 1.5 s of its deadline" \
+	"[ '$st $st5' = '201 201' ] && [ \"\$(get 2 $id4 | jq -r .status)\" = expired ] && [ \"\$(holds_of TSLA)\" = 5 ]"
+c1=$(act 3 "$id5" Confirm "$TMP/c1")
+check "holds: the live one confirmed on 3 after its maker died ($c1): TSLA sold $(field TSLA .sold) == 5, stock $(field TSLA .stock) == 95" \
+	"[ $c1 = 200 ] && [ \"\$(field TSLA .sold)\" = 5 ] && [ \"\$(field TSLA .stock)\" = 95 ]"
+expired=0
+for i in 2 3; do expired=$((expired + $(curl -s "$(url $i /metrics)" | awk '$1 == "stock_holds_expired_total" {print $2}'))); done
+check "holds: the expiry was decided exactly once ($expired)" "[ $expired -eq 1 ]"
+start 1 --initial-stock 100 --record-ms 50
+check "holds: restarted 1 reads them ($(get 1 $id4 | jq -r .status) $(get 1 $id5 | jq -r .status))" \
+	"[ \"\$(get 1 $id4 | jq -r .status) \$(get 1 $id5 | jq -r .status)\" = 'expired confirmed' ]"
+# A keyed hold replays on another instance; a keyed Admin POST too.
+k1=$(curl -s -o "$TMP/k1" -w '%{http_code}' -X POST -H 'Idempotency-Key: hold-k' -H 'Content-Type: application/json' \
+	-d '{"items":[{"sku":"AMD","quantity":1}]}' "$(url 2 /api/v1/Holds)")
+k2=$(curl -s -o "$TMP/k2" -w '%{http_code}' -X POST -H 'Idempotency-Key: hold-k' -H 'Content-Type: application/json' \
+	-d '{"items":[{"sku":"AMD","quantity":1}]}' "$(url 3 /api/v1/Holds)")
+a1=$(curl -s -o "$TMP/a1" -w '%{http_code}' -X POST -H "Authorization: Bearer $TOKEN" -H 'Idempotency-Key: adm-k' \
+	-H 'Content-Type: application/json' -d '{"restock":7}' "$(url 1 /api/v1/Admin/Stock/AMD)")
+a2=$(curl -s -o "$TMP/a2" -w '%{http_code}' -X POST -H "Authorization: Bearer $TOKEN" -H 'Idempotency-Key: adm-k' \
+	-H 'Content-Type: application/json' -d '{"restock":7}' "$(url 2 /api/v1/Admin/Stock/AMD)")
+check "holds: a keyed hold replays on another instance ($k1 $k2), a keyed restock too ($a1 $a2), each applied once" \
+	"[ '$k1 $k2 $a1 $a2' = '201 201 200 200' ] && cmp -s $TMP/k1 $TMP/k2 && cmp -s $TMP/a1 $TMP/a2 && [ \"\$(holds_of AMD)\" = 1 ] && [ \"\$(field AMD .stock)\" = 106 ]"
+# Three instances race 1-unit holds of OneStock:Lock (set to 40; leased too) until refused.
+curl -s -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+	-d '{"remaining":40}' "$(url 1 /api/v1/Admin/Stock/OneStock:Lock)"
+race() { # I OUT: hold ids, one per line, until 5 refusals in a row
+	local refused=0 st
+	: >"$2"
+	while [ $refused -lt 5 ]; do
+		st=$(hold "$1" '{"items":[{"sku":"OneStock:Lock","quantity":1}],"ttl_ms":60000}' "$2.b")
+		if [ "$st" = 201 ]; then refused=0; jq -r .hold_id "$2.b" >>"$2"
+		else refused=$((refused + 1)); echo "$st" >>"$2.other"; fi
+	done
+}
+curl -s -o /dev/null -X POST "$(url 2 /api/v1/OneStock/Cache/Lock/Buy)" # leases some of it to 2
+race 1 "$TMP/r1" & p1=$!; race 2 "$TMP/r2" & p2=$!; race 3 "$TMP/r3" & p3=$!
+wait $p1 $p2 $p3
+held=$(cat "$TMP/r1" "$TMP/r2" "$TMP/r3" | wc -l)
+others=$(cat "$TMP/r1.other" "$TMP/r2.other" "$TMP/r3.other" | grep -vc '^409$' || true)
+check "holds: racing on 3 instances held $held == 39 units (1 sold), every refusal a 409 ($others not)" \
+	"[ $held -eq 39 ] && [ $others -eq 0 ]"
+n=0 conf=0
+for id in $(cat "$TMP/r1" "$TMP/r2" "$TMP/r3"); do
+	n=$((n + 1)); i=$((n % 3 + 1))
+	if [ $((n % 2)) = 0 ]; then [ "$(act $i "$id" Confirm /dev/null)" = 200 ] && conf=$((conf + 1))
+	else act $i "$id" Cancel /dev/null >/dev/null; fi
+done
+stop_all
+check "holds: confirmed half ($conf), cancelled the rest: Lock sold $(field OneStock:Lock .sold) == $((conf + 1)), no entry left" \
+	"[ \"\$(field OneStock:Lock .sold)\" = $((conf + 1)) ] && [ \"\$(holds_of OneStock:Lock)\" = 0 ]"
+for kv in NVDA:100 TSLA:100 AMD:107 OneStock:Lock:40 OneStock:Db:100; do
+	sku=${kv%:*}
+	check "holds: $sku conserved after SIGTERM (total $(total_of $sku) == ${kv##*:})" \
+		"[ \"\$(total_of $sku)\" = ${kv##*:} ]"
+done
+
+}
+
 # MULTI_ONLY="1 3" runs only those scenarios (default: all).
-for n in ${MULTI_ONLY:-1 2 3 4 5 6 7 8 9 10}; do "s$n"; done
+for n in ${MULTI_ONLY:-1 2 3 4 5 6 7 8 9 10 11}; do "s$n"; done
 
 echo "multi: $pass passed, $fail failed"
 if [ $fail -ne 0 ]; then
