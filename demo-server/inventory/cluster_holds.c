@@ -129,15 +129,18 @@ hold_decide(struct cluster *c, struct mongo_hold *h, enum mongo_hold_end end, co
 static int
 lock_for_decision(struct cluster *c, struct mongo_hold *h, int64_t now)
 {
+	char id[MONGO_HOLD_ID_MAX + 1];
 	int64_t token;
 	int rc;
 
 	if (c->lock_ms == 0)
 		return 0;
+
 	rc = mongo_hold_lock(c->mongo, h->id, now + c->lock_ms, &token);
 	if (rc != STOCK_EEXIST)
 		return rc;
-	if ((rc = mongo_hold_read(c->mongo, h->id, h)) != 0)
+	memcpy(id, h->id, sizeof id); /* mongo_hold_read clears *h first */
+	if ((rc = mongo_hold_read(c->mongo, id, h)) != 0)
 		return rc == STOCK_ENOENT ? STOCK_ESYS : rc;
 	return h->lock_until_ms > now ? STOCK_ECONFLICT : 0;
 }

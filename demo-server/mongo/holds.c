@@ -304,6 +304,7 @@ mongo_hold_read(mongo_t *m, const char *id, struct mongo_hold *out)
 
 	if (m == NULL || !id_ok(id) || out == NULL)
 		return STOCK_EINVAL;
+	ASSERT(id < out->id || id > out->id + sizeof out->id); /* *out is cleared first */
 	return hold_read(m, id, out, &op);
 }
 

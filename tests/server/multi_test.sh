@@ -44,8 +44,10 @@ pass=0
 fail=0
 RUN=0
 
+PAY_PID=
 cleanup() {
 	for i in "${!PID[@]}"; do [ -n "${PID[$i]}" ] && kill -9 "${PID[$i]}" 2>/dev/null; done
+	[ -n "$PAY_PID" ] && kill -9 "$PAY_PID" 2>/dev/null
 	svc_stop_all
 	rm -rf "$TMP"
 }
@@ -748,8 +750,53 @@ done
 
 }
 
+# --- 12. payment across instances ----------------------------------------------
+s12() {
+
+# --payment-url on every instance (tests/services/payment, started here): a
+# confirm on any instance charges once, with the hold id as key; a declined
+# charge leaves the hold held and confirmable elsewhere; while one instance
+# waits on a hanging payment service, a cancel or a second confirm on the
+# others answers 409 (the payment lock), and nothing is charged after.
+local GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)} i
+(cd "$HERE/../services/payment" && "$GO" build -o "$TMP/payment-svc" .) >"$TMP/pay-build.log" 2>&1 ||
+	{ bad "build the payment service: $(cat "$TMP/pay-build.log")"; return; }
+"$TMP/payment-svc" -addr 127.0.0.1:0 >"$TMP/pay.out" 2>>"$TMP/pay.log" & PAY_PID=$!
+for i in $(seq 1 100); do PAY_PORT=$(sed -n '1s/^port \([0-9][0-9]*\)$/\1/p' "$TMP/pay.out"); [ -n "$PAY_PORT" ] && break; sleep 0.05; done
+pmode() { curl -s -o /dev/null --max-time 5 -X POST -d "$1" "http://127.0.0.1:$PAY_PORT/mode"; }
+pcount() { curl -s --max-time 5 "http://127.0.0.1:$PAY_PORT/charges" | jq -r --arg h "$2" ".$1[\$h] // 0"; }
+new_db
+for i in 1 2 3; do start $i --initial-stock 100 --payment-url "http://127.0.0.1:$PAY_PORT/charge" --payment-timeout-ms 1500; done
+mkhold() { curl -s --max-time 10 -X POST -H 'Content-Type: application/json' -d "{\"items\":[{\"sku\":\"$2\",\"quantity\":$3}]}" "$(url "$1" /api/v1/Holds)" | jq -r .hold_id; }
+confirm() { code POST "$1" "/api/v1/Holds/$2/Confirm"; }
+h1=$(mkhold 1 NVDA 2)
+r="$(confirm 2 "$h1") $(confirm 3 "$h1")"
+check "payment: a hold made on 1 confirmed on 2, again on 3 ($r): charged $(pcount charged "$h1") == 1, $(pcount calls "$h1") call" \
+	"[ '$r' = '200 200' ] && [ \"\$(pcount charged $h1)\" = 1 ] && [ \"\$(pcount calls $h1)\" = 1 ]"
+pmode decline
+h2=$(mkhold 2 AMD 1)
+r=$(confirm 3 "$h2"); pmode succeed; r="$r $(confirm 1 "$h2")"
+check "payment: declined on 3, then paid on 1 ($r); AMD sold $(field AMD .sold) == 1" \
+	"[ '$r' = '402 200' ] && [ \"\$(field AMD .sold)\" = 1 ]"
+pmode hang
+h3=$(mkhold 3 TSLA 3)
+(confirm 1 "$h3" >"$TMP/hang.code") & bg=$!
+sleep 0.4
+r="$(code POST 2 "/api/v1/Holds/$h3/Cancel") $(confirm 3 "$h3")"
+wait $bg
+r="$r $(cat "$TMP/hang.code")"
+pmode succeed
+r="$r $(code POST 2 "/api/v1/Holds/$h3/Cancel")"
+check "payment: while 1 waits on a hanging charge, cancel on 2 and confirm on 3 answer 409; the hang 503; then the cancel goes through ($r)" \
+	"[ '$r' = '409 409 503 200' ] && [ \"\$(holds_of TSLA)\" = 0 ] && [ \"\$(field TSLA .stock)\" = 100 ]"
+check "payment: the cancelled hold was never charged ($(pcount charged "$h3"))" "[ \"\$(pcount charged $h3)\" = 0 ]"
+stop_all
+kill "$PAY_PID" 2>/dev/null; wait "$PAY_PID" 2>/dev/null; PAY_PID=
+
+}
+
 # MULTI_ONLY="1 3" runs only those scenarios (default: all).
-for n in ${MULTI_ONLY:-1 2 3 4 5 6 7 8 9 10 11}; do "s$n"; done
+for n in ${MULTI_ONLY:-1 2 3 4 5 6 7 8 9 10 11 12}; do "s$n"; done
 
 echo "multi: $pass passed, $fail failed"
 if [ $fail -ne 0 ]; then
