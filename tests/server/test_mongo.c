@@ -534,6 +534,199 @@ t_adjust(enum mongo_atomic_mode mode)
 }
 MONGO_MODES(adjust)
 
+/* stock + sold + held is what was seeded, and held is the sum of the entries. */
+static void
+expect_holds(mongo_t *m, const char *sku, uint64_t stock, uint64_t sold, uint64_t held,
+    size_t nholds)
+{
+	struct mongo_view v = view_of(m, sku);
+	uint64_t sum = 0;
+
+	for (size_t i = 0; i < v.nholds; i++)
+		sum += v.holds[i].q;
+	cr_expect_eq(v.doc.stock, stock, "%s stock %llu", sku, (unsigned long long)v.doc.stock);
+	cr_expect_eq(v.doc.sold, sold, "%s sold %llu", sku, (unsigned long long)v.doc.sold);
+	cr_expect_eq(v.held, held, "%s held %llu", sku, (unsigned long long)v.held);
+	cr_expect_eq(sum, v.held, "held is the sum of the entries");
+	cr_expect_eq(v.nholds, nholds, "%s entries %zu", sku, v.nholds);
+}
+
+/* holds.<id> entries: take, refuse, end (sell part, release the rest), idempotent end. */
+static void
+t_hold_entries(enum mongo_atomic_mode mode)
+{
+	struct mfx x;
+	struct mongo_view after;
+	struct mongo_lease l = { .granted = 2, .expires_ms = 1 };
+	char id[16];
+
+	mfx_init_mode(&x, mode);
+	cr_assert_eq(mongo_seed(x.m, "h", 10), 0);
+	cr_assert_eq(mongo_hold_take(x.m, "h", "h_1", 3, &after), 0);
+	cr_expect_eq(after.doc.stock, 7);
+	cr_expect_eq(after.held, 3);
+	expect_holds(x.m, "h", 7, 0, 3, 1);
+	cr_expect_eq(mongo_hold_take(x.m, "h", "h_1", 1, NULL), STOCK_EEXIST, "one entry per hold");
+	cr_expect_eq(mongo_hold_take(x.m, "h", "h_2", 8, &after), STOCK_ESOLDOUT);
+	cr_expect_eq(after.doc.stock, 7, "the refusal's state");
+	cr_expect_eq(mongo_hold_take(x.m, "nope", "h_2", 1, NULL), STOCK_ENOENT);
+	cr_expect_eq(mongo_hold_take(x.m, "h", "h.2", 1, NULL), STOCK_EINVAL, "not a field name");
+	cr_expect_eq(mongo_hold_take(x.m, "h", "h_2", 0, NULL), STOCK_EINVAL);
+	/* A lease write keeps the entries (claims copy whole states). */
+	cr_assert_eq(mongo_lease_cas(x.m, "h", "inst1", NULL, &l, -2, 0, 0, NULL), 0);
+	expect_holds(x.m, "h", 5, 0, 3, 1);
+	cr_assert_eq(mongo_hold_take(x.m, "h", "h_2", 5, NULL), 0);
+	expect_holds(x.m, "h", 0, 0, 8, 2);
+	cr_expect_eq(mongo_hold_end(x.m, "h", "h_1", 2, 0, NULL), STOCK_ECONFLICT, "the entry holds 3");
+	cr_expect_eq(mongo_hold_end(x.m, "h", "h_1", 3, 4, NULL), STOCK_EINVAL, "sell <= q");
+	cr_assert_eq(mongo_hold_end(x.m, "h", "h_1", 3, 2, &after), 0);
+	cr_expect_eq(after.doc.sold, 2);
+	expect_holds(x.m, "h", 1, 2, 5, 1);
+	cr_expect_eq(mongo_hold_end(x.m, "h", "h_1", 3, 2, NULL), STOCK_ENOENT, "ended: nothing twice");
+	expect_holds(x.m, "h", 1, 2, 5, 1);
+	cr_assert_eq(mongo_hold_end(x.m, "h", "h_2", 5, 0, NULL), 0);
+	expect_holds(x.m, "h", 6, 2, 0, 0);
+	/* MONGO_HOLDS_MAX live entries, then STOCK_EBUSY. */
+	cr_assert_eq(mongo_adjust(x.m, "h", true, MONGO_HOLDS_MAX + 1, NULL), 0);
+	for (int i = 0; i < MONGO_HOLDS_MAX; i++) {
+		snprintf(id, sizeof id, "b_%d", i);
+		cr_assert_eq(mongo_hold_take(x.m, "h", id, 1, NULL), 0, "entry %d", i);
+	}
+	cr_expect_eq(mongo_hold_take(x.m, "h", "b_x", 1, NULL), STOCK_EBUSY);
+	expect_holds(x.m, "h", 1, 2, MONGO_HOLDS_MAX, MONGO_HOLDS_MAX);
+	mfx_fini(&x);
+}
+MONGO_MODES(hold_entries)
+
+#define HOLDERS 8
+#define HOLD_STOCK 40
+
+struct holder {
+	mongo_t *m;
+	int idx, got, errors, last_rc;
+};
+
+static void *
+holder_fn(void *arg)
+{
+	struct holder *t = arg;
+	char id[24];
+	int rc;
+
+	for (int k = 0;; k++) {
+		snprintf(id, sizeof id, "r%d_%d", t->idx, k);
+		if ((rc = mongo_hold_take(t->m, "OneStock:hrace", id, 1, NULL)) != 0)
+			break;
+		t->got++;
+	}
+	if (rc != STOCK_ESOLDOUT)
+		t->errors++;
+	t->last_rc = rc;
+	return NULL;
+}
+
+/* Threads racing 1-unit holds never hold more than the stock, and hold all of it. */
+static void
+t_concurrent_holds_never_overhold(enum mongo_atomic_mode mode)
+{
+	struct holder t[HOLDERS];
+	pthread_t th[HOLDERS];
+	struct mfx x;
+	int got = 0;
+
+	mfx_init_mode(&x, mode);
+	cr_assert_eq(mongo_seed(x.m, "OneStock:hrace", HOLD_STOCK), 0);
+	for (int i = 0; i < HOLDERS; i++) {
+		t[i] = (struct holder){ x.m, i, 0, 0, 0 };
+		cr_assert_eq(pthread_create(&th[i], NULL, holder_fn, &t[i]), 0);
+	}
+	for (int i = 0; i < HOLDERS; i++) {
+		pthread_join(th[i], NULL);
+		cr_expect_eq(t[i].errors, 0, "holder %d ended on %s", i, stock_err_name(t[i].last_rc));
+		got += t[i].got;
+	}
+	cr_expect_eq(got, HOLD_STOCK, "held %d", got);
+	expect_holds(x.m, "OneStock:hrace", 0, 0, HOLD_STOCK, HOLD_STOCK);
+	mfx_fini(&x);
+}
+MONGO_MODES(concurrent_holds_never_overhold)
+
+struct hold_list {
+	int n;
+	bool saw_decided;
+};
+
+static int
+hold_listed(const struct mongo_hold *h, void *arg)
+{
+	struct hold_list *l = arg;
+
+	l->n++;
+	if (h->end != MONGO_HOLD_OPEN)
+		l->saw_decided = true;
+	return 0;
+}
+
+/* Hold records: one decision wins, locks exclude, done ones leave the open list. */
+MONGO_TEST(mongo, hold_records)
+{
+	struct mongo_hold h = { .id = "h_rec1", .n = 2, .expires_ms = 1234, .buyer = "alice" }, r, r2;
+	uint64_t sell[2] = { 1, 0 };
+	struct hold_list l = { 0 };
+	int64_t tok, tok2;
+	struct mfx x;
+
+	mfx_init_mode(&x, MONGO_ATOMIC_AUTO);
+	snprintf(h.items[0].sku, sizeof h.items[0].sku, "NVDA");
+	h.items[0].q = 2;
+	snprintf(h.items[1].sku, sizeof h.items[1].sku, "AMD");
+	h.items[1].q = 1;
+	cr_assert_eq(mongo_hold_create(x.m, &h), 0);
+	cr_expect_eq(mongo_hold_create(x.m, &h), STOCK_EEXIST);
+	cr_expect_eq(mongo_hold_read(x.m, "h_none", &r), STOCK_ENOENT);
+	cr_assert_eq(mongo_hold_read(x.m, "h_rec1", &r), 0);
+	cr_expect_eq(r.n, 2);
+	cr_expect_str_eq(r.items[1].sku, "AMD");
+	cr_expect_eq(r.items[0].q, 2);
+	cr_expect_eq(r.expires_ms, 1234);
+	cr_expect_str_eq(r.buyer, "alice");
+	cr_expect_eq(r.end, MONGO_HOLD_OPEN);
+	cr_expect_eq(r.lock_until_ms, 0);
+
+	cr_assert_eq(mongo_hold_lock(x.m, "h_rec1", 99999, &tok), 0);
+	cr_expect_eq(mongo_hold_lock(x.m, "h_rec1", 99999, &tok2), STOCK_EEXIST, "one lock");
+	cr_assert_eq(mongo_hold_read(x.m, "h_rec1", &r), 0);
+	cr_expect_eq(r.lock_until_ms, 99999);
+	cr_expect_eq(mongo_hold_unlock(x.m, "h_rec1", tok2), 0, "another's token deletes nothing");
+	cr_expect_eq(mongo_hold_lock(x.m, "h_rec1", 1, &tok2), STOCK_EEXIST);
+	cr_expect_eq(mongo_hold_unlock(x.m, "h_rec1", tok), 0);
+	cr_assert_eq(mongo_hold_read(x.m, "h_rec1", &r), 0);
+	cr_expect_eq(r.lock_until_ms, 0, "the taker's token deletes it");
+
+	cr_assert_eq(mongo_hold_list_open(x.m, hold_listed, &l), 0);
+	cr_expect_eq(l.n, 1);
+	cr_expect(!l.saw_decided);
+	r2 = r;
+	cr_assert_eq(mongo_hold_decide(x.m, &r, MONGO_HOLD_CONFIRMED, sell), 0);
+	cr_expect_eq(r.end, MONGO_HOLD_CONFIRMED);
+	cr_expect_eq(mongo_hold_decide(x.m, &r2, MONGO_HOLD_EXPIRED, NULL), STOCK_EEXIST,
+	    "the first decision stays");
+	cr_expect_eq(r2.end, MONGO_HOLD_CONFIRMED, "and is reported to the loser");
+	cr_expect_eq(r2.items[0].sell, 1);
+	cr_expect_eq(r2.items[1].sell, 0);
+	cr_expect_eq(mongo_hold_decide(x.m, &r2, MONGO_HOLD_CONFIRMED, NULL), STOCK_EINVAL);
+	l = (struct hold_list){ 0 };
+	cr_assert_eq(mongo_hold_list_open(x.m, hold_listed, &l), 0);
+	cr_expect(l.n == 1 && l.saw_decided, "listed with its decision");
+	cr_assert_eq(mongo_hold_finished(x.m, "h_rec1"), 0);
+	l = (struct hold_list){ 0 };
+	cr_assert_eq(mongo_hold_list_open(x.m, hold_listed, &l), 0);
+	cr_expect_eq(l.n, 0, "done: not open any more");
+	cr_assert_eq(mongo_hold_read(x.m, "h_rec1", &r), 0);
+	cr_expect(r.done && r.end == MONGO_HOLD_CONFIRMED && r.items[0].sell == 1);
+	mfx_fini(&x);
+}
+
 /*
  * What every call refuses, the limits that are fine, and that the documents
  * are the server's (a second object, after the first is closed, sees them).
