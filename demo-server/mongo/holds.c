@@ -9,6 +9,7 @@
  * documents (mongo_hold_take / mongo_hold_end). docs/internals/checkout.md,
  * "Several instances".
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -252,7 +253,7 @@ hold_read(mongo_t *m, const char *id, struct mongo_hold *out, int64_t *end_op)
 	mongoc_client_t *client;
 	mongoc_collection_t *coll;
 	mongoc_cursor_t *cur;
-	bson_t *filter, end, lock;
+	bson_t *filter, end;
 	const bson_t *b;
 	bson_error_t e;
 	bool have_rec = false, have_end = false, bad = false;
@@ -269,16 +270,18 @@ hold_read(mongo_t *m, const char *id, struct mongo_hold *out, int64_t *end_op)
 	    "}");
 	cur = mongoc_collection_find_with_opts(coll, filter, NULL, NULL);
 	bson_init(&end);
-	bson_init(&lock);
 	while (mongoc_cursor_next(cur, &b)) {
 		const char *hold, *kind = doc_kind(b, &hold);
 
-		if (strcmp(kind, "hold") == 0)
-			have_rec = record_decode(b, out) || (bad = true, false);
-		else if (strcmp(kind, "end") == 0 && (have_end = true))
-			bson_copy_to_excluding_noinit(b, &end, "", NULL);
-		else if (strcmp(kind, "lock") == 0)
+		if (strcmp(kind, "hold") == 0) {
+			have_rec = record_decode(b, out);
+			bad = !have_rec;
+		} else if (strcmp(kind, "end") == 0) {
+			have_end = true;
+			bson_concat(&end, b); /* decoded once the record gave the items */
+		} else if (strcmp(kind, "lock") == 0) {
 			out->lock_until_ms = lock_until(b, NULL);
+		}
 	}
 	rc = mongo_find_done(m, cur, &e, 0);
 	if (rc == 0 && (bad || (have_end && !have_rec)))
@@ -289,7 +292,6 @@ hold_read(mongo_t *m, const char *id, struct mongo_hold *out, int64_t *end_op)
 		rc = STOCK_ESYS;
 	if (rc == STOCK_ESYS && (bad || have_end))
 		corrupt(m, id);
-	bson_destroy(&lock);
 	bson_destroy(&end);
 	bson_destroy(filter);
 	mongoc_collection_destroy(coll);
@@ -304,7 +306,9 @@ mongo_hold_read(mongo_t *m, const char *id, struct mongo_hold *out)
 
 	if (m == NULL || !id_ok(id) || out == NULL)
 		return STOCK_EINVAL;
-	ASSERT(id < out->id || id > out->id + sizeof out->id); /* *out is cleared first */
+	/* *out is cleared first: @id must not point into it. */
+	ASSERT((uintptr_t)id + strlen(id) < (uintptr_t)out->id ||
+	    (uintptr_t)id >= (uintptr_t)(out->id + sizeof out->id));
 	return hold_read(m, id, out, &op);
 }
 
