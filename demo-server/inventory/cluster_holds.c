@@ -290,6 +290,28 @@ confirm_amounts(const struct mongo_hold *h, const struct checkout_req *part, uin
 }
 
 /*
+ * The start of Confirm and Cancel: @out cleared, hold @id[0..@len) read into
+ * @h, and expired first if its deadline (*@now) has passed (h->end then says
+ * whether the expiry was decided; if not, view_of still shows it expired).
+ * Returns hold_load's code.
+ */
+static int
+settle_begin(struct cluster *c, const char *id, size_t len, struct mongo_hold *h,
+    struct checkout_view *out, int64_t *now)
+{
+	int rc;
+
+	memset(out, 0, sizeof *out);
+	out->refused = -1;
+	if ((rc = hold_load(c, id, len, h)) != 0)
+		return rc;
+	*now = util_wall_ms();
+	if (h->end == MONGO_HOLD_OPEN && *now >= h->expires_ms)
+		(void)expire(c, h, *now);
+	return 0;
+}
+
+/*
  * Confirm: with a payment service, the lock first (a second confirm, a
  * cancel or an expiry meanwhile sees it and stays away), then the charge
  * (idempotent on the hold id), then the decision. The lock lives
@@ -307,14 +329,9 @@ cluster_confirm(inventory_t *inv, const char *id, size_t len, const struct check
 	int64_t now, token;
 	int rc;
 
-	memset(out, 0, sizeof *out);
-	out->refused = -1;
 	(void)ans;
-	if ((rc = hold_load(c, id, len, &h)) != 0)
+	if ((rc = settle_begin(c, id, len, &h, out, &now)) != 0)
 		return rc;
-	now = util_wall_ms();
-	if (h.end == MONGO_HOLD_OPEN && now >= h.expires_ms)
-		(void)expire(c, &h, now);
 	view_of(&h, now, out);
 	if (h.end == MONGO_HOLD_CONFIRMED)
 		return 0;
@@ -360,16 +377,12 @@ cluster_cancel(inventory_t *inv, const char *id, size_t len, struct idem_answer 
 	int64_t now;
 	int rc;
 
-	memset(out, 0, sizeof *out);
-	out->refused = -1;
 	(void)ans;
-	if ((rc = hold_load(c, id, len, &h)) != 0)
+	if ((rc = settle_begin(c, id, len, &h, out, &now)) != 0)
 		return rc;
-	now = util_wall_ms();
 	if (h.end == MONGO_HOLD_OPEN && now >= h.expires_ms) {
-		(void)expire(c, &h, now);
 		view_of(&h, now, out); /* expired, decided or about to be */
-		return h.end == MONGO_HOLD_CANCELLED ? 0 : STOCK_ECONFLICT;
+		return STOCK_ECONFLICT;
 	}
 	if (h.end == MONGO_HOLD_OPEN && (rc = lock_for_decision(c, &h, now)) != 0) {
 		view_of(&h, now, out);
