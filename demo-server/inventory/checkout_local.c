@@ -395,6 +395,8 @@ confirm_amounts(const struct hold *h, const struct checkout_req *part, uint64_t 
 	return 0;
 }
 
+static struct retired *retired_find(struct checkout_book *b, const char *sku);
+
 /* Sell @sell[i] of each item of @h, release the rest; record it all in @c. */
 static void
 settle_hold(struct local *l, struct hold *h, const uint64_t *sell, struct commit *c)
@@ -417,6 +419,10 @@ settle_hold(struct local *l, struct hold *h, const uint64_t *sell, struct commit
 		}
 		if (rel > 0) {
 			ASSERT(stock_counter_release(ctr, rel) == 0);
+			/* Retired while this hold was being paid for: not for sale
+			   (a buy at this very instant may take one of them). */
+			if (retired_find(b, h->items[i].sku) != NULL)
+				ASSERT(stock_counter_set(ctr, 0) == 0);
 			back[nb] = h->items[i];
 			back[nb++].quantity = rel;
 		}
@@ -910,8 +916,8 @@ checkout_local_adjust_as(inventory_t *inv, const char *sku, bool absolute, uint6
 	if (stock_table_read_begin(l->many, &sec) != 0)
 		return STOCK_ENOMEM;
 	pthread_mutex_lock(&b->mu);
-	if ((ctr = local_counter(l, sku)) == NULL) {
-		rc = STOCK_ENOENT;
+	if ((ctr = local_counter(l, sku)) == NULL || retired_find(b, sku) != NULL) {
+		rc = STOCK_ENOENT; /* retired: not for sale until PUT */
 	} else if ((rc = absolute ? stock_counter_set(ctr, n) : stock_counter_restock(ctr, n)) == 0) {
 		record_sku(l, &c, ctr, sku);
 		out->level.remaining = c.docs[0].stock;

@@ -2,7 +2,8 @@
 # Checkout integration test: starts the real demo-server binary (embedded
 # mode) on a free port with a temp data dir, like http_test.sh, and checks
 # holds (all-or-nothing, ttl, confirm, partial confirm, cancel, expiry),
-# orders, the held field of every peek, durability of holds, confirms,
+# orders, the held field of every peek, the run-time catalog (Admin PUT /
+# DELETE Stock), durability of holds, confirms,
 # orders and idempotency keys across SIGTERM and kill -9, Idempotency-Key
 # replays, X-Buyer-Id limits (also raced), the payment client against
 # tests/services/payment (decline, failure, hang, breaker, in-flight key,
@@ -24,7 +25,7 @@ BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 PAYMENT_SRC=${2:-$ROOT/tests/services/payment}
-SECTIONS="holds expiry orders peeks restart idem idemttl buyer payment race bad"
+SECTIONS="holds expiry orders peeks restart catalog idem idemttl buyer payment race bad"
 ONLY=${CHECKOUT_ONLY:-}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/checkout.XXXXXX")
 mkdir -p "$TMP/data"
@@ -633,6 +634,46 @@ sec_restart() {
         invariant "after restarts" AMD 10
         stop9
     done
+}
+
+sec_catalog() {
+    echo "== the run-time catalog: Admin PUT creates or reopens, DELETE retires (holds cancelled, sold kept), across kill -9"
+    local d="$TMP/data/catalog"
+    start "$d" --initial-stock 10 || return
+    experr "PUT a new SKU: 401 without the token" 401 '*' PUT /api/v1/Admin/Stock/NEWSKU "${J[@]}" -d '{"remaining":5}'
+    experr "PUT without remaining" 400 bad_request PUT /api/v1/Admin/Stock/NEWSKU "${AUTH[@]}" "${J[@]}" -d '{}'
+    experr "PUT a bad SKU" 4xx '*' PUT "/api/v1/Admin/Stock/a%20b" "${AUTH[@]}" "${J[@]}" -d '{"remaining":5}'
+    expect "PUT NEWSKU 5" 201 PUT /api/v1/Admin/Stock/NEWSKU "${AUTH[@]}" "${J[@]}" -d '{"remaining":5}'
+    [ "$(jv .remaining) $(jv .retired)" = "5 false" ] && ok "its level: 5, not retired" || bad "PUT answer: $BODY"
+    expect "PUT it again: it exists" 409 PUT /api/v1/Admin/Stock/NEWSKU "${AUTH[@]}" "${J[@]}" -d '{"remaining":9}'
+    expect "PUT a OneStock SKU" 409 PUT /api/v1/Admin/Stock/OneStock:Db "${AUTH[@]}" "${J[@]}" -d '{"remaining":9}'
+    expect "DELETE an unknown SKU" 404 DELETE /api/v1/Admin/Stock/GHOST "${AUTH[@]}"
+    expect "DELETE a OneStock SKU" 409 DELETE /api/v1/Admin/Stock/OneStock:Lock "${AUTH[@]}"
+    experr "DELETE with a body" 400 bad_request DELETE /api/v1/Admin/Stock/NEWSKU "${AUTH[@]}" -d 'x'
+    expect "buy NEWSKU 1" 200 POST /api/v1/ManyStock/Cache/BuyFastAtomic/NEWSKU
+    hold "hold NEWSKU 2 and AMD 1" 60000 NEWSKU:2 AMD:1; local h=$HID
+    want_lv "held" NEWSKU 2/2/1
+    expect "DELETE NEWSKU" 200 DELETE /api/v1/Admin/Stock/NEWSKU "${AUTH[@]}"
+    [ "$(jv .remaining) $(jv .sold) $(jv .retired)" = "0 1 true" ] && ok "its level: 0 left, sold 1, retired" || bad "DELETE answer: $BODY"
+    [ "$(hold_status "$h")" = cancelled ] && ok "its live hold is cancelled" || bad "the hold after DELETE: $(hold_status "$h")"
+    want_lv "AMD back" AMD 10/0/0
+    want_lv "retired: 0 left, sold kept" NEWSKU 0/0/1
+    expect "retired: a buy" 409 POST /api/v1/ManyStock/Cache/BuyFastAtomic/NEWSKU
+    expect "retired: a restock" 404 POST /api/v1/Admin/Stock/NEWSKU "${AUTH[@]}" "${J[@]}" -d '{"restock":3}'
+    expect "retired: a correction" 404 POST /api/v1/Admin/Stock/NEWSKU "${AUTH[@]}" "${J[@]}" -d '{"remaining":3}'
+    expect "retired: a hold" 409 POST /api/v1/Holds "${J[@]}" -d "$(holdbody 60000 NEWSKU:1)"
+    stop9
+    start "$d" || return
+    want_lv "after kill -9: still retired, sold kept" NEWSKU 0/0/1
+    expect "after kill -9: a buy" 409 POST /api/v1/ManyStock/Cache/BuyFastAtomic/NEWSKU
+    expect "PUT reopens it with 4" 201 PUT /api/v1/Admin/Stock/NEWSKU "${AUTH[@]}" "${J[@]}" -d '{"remaining":4}'
+    expect "reopened: a buy" 200 POST /api/v1/ManyStock/Cache/BuyFastAtomic/NEWSKU
+    expect "reopened: a restock" 200 POST /api/v1/Admin/Stock/NEWSKU "${AUTH[@]}" "${J[@]}" -d '{"restock":2}'
+    want_lv "reopened: 4 - 1 + 2 left, sold 2" NEWSKU 5/0/2
+    stop9
+    start "$d" || return
+    want_lv "and after another kill -9" NEWSKU 5/0/2
+    stop9
 }
 
 idem_check() { # NAME WANT_CODE SAVED METHOD PATH [args]: a replay of SAVED
