@@ -20,7 +20,10 @@
  * Locking: an entry's mutex serialises every round trip on its SKU and
  * guards its lease state; buys take it only to refill. The peek cache is a
  * seqlock (many readers, writers under its embedded lock); the pool, the
- * last sale time and the stats are libstock gauges and stats.
+ * last sale time and the stats are libstock gauges and stats. Entries are
+ * added at open and at run time (lease_add: a SKU created by Admin PUT, here
+ * or elsewhere), never removed; adds are serialised by add_mu and published
+ * through gauges (lease_int.h), so buyers find them without a lock.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -43,15 +46,22 @@ ms_ns(unsigned ms)
 	return (uint64_t)ms * 1000000ULL;
 }
 
-/* ---- the index (read-only after open) ---------------------------------------- */
+/* ---- the index (lease_int.h: entries are published, never removed) ---------------- */
+
+/* Entries published so far: e[0..count) are whole. */
+static size_t
+count(struct lease_mgr *m)
+{
+	return (size_t)stock_gauge_get(&m->count);
+}
 
 static struct lease_entry *
 find(struct lease_mgr *m, const char *sku)
 {
-	size_t mask = m->index_cap - 1;
+	size_t mask = LEASE_INDEX_SLOTS - 1;
 
 	for (size_t i = (size_t)util_hash(sku, strlen(sku)) & mask;; i = (i + 1) & mask) {
-		size_t k = m->index[i];
+		size_t k = (size_t)stock_gauge_get(&m->index[i]);
 
 		if (k == 0)
 			return NULL;
@@ -60,25 +70,18 @@ find(struct lease_mgr *m, const char *sku)
 	}
 }
 
-static int
-index_build(struct lease_mgr *m)
+/* Make the whole entry @e findable, then iterable (add_mu held, or open). */
+static void
+publish(struct lease_mgr *m, struct lease_entry *e)
 {
-	size_t mask;
+	size_t k = (size_t)(e - m->e), mask = LEASE_INDEX_SLOTS - 1;
+	size_t i = (size_t)util_hash(e->sku, strlen(e->sku)) & mask;
 
-	m->index_cap = 16;
-	while (m->index_cap < 2 * m->n)
-		m->index_cap *= 2;
-	if ((m->index = calloc(m->index_cap, sizeof *m->index)) == NULL)
-		return STOCK_ENOMEM;
-	mask = m->index_cap - 1;
-	for (size_t k = 0; k < m->n; k++) {
-		size_t i = (size_t)util_hash(m->e[k].sku, strlen(m->e[k].sku)) & mask;
-
-		while (m->index[i] != 0)
-			i = (i + 1) & mask;
-		m->index[i] = k + 1; /* 0 = empty */
-	}
-	return 0;
+	ASSERT(k == count(m) && k < LEASE_ENTRIES_MAX);
+	while (stock_gauge_get(&m->index[i]) != 0)
+		i = (i + 1) & mask;
+	stock_gauge_set(&m->index[i], k + 1);
+	stock_gauge_set(&m->count, k + 1);
 }
 
 /* ---- the buy path ------------------------------------------------------------------ */
@@ -174,8 +177,8 @@ refill(struct lease_mgr *m, struct lease_entry *e, uint64_t n, uint64_t keep)
 			stock_stat_add(&m->st.grant_units, want);
 			return 0;
 		}
-		if (rc != STOCK_ESOLDOUT)
-			return rc;
+		if (rc != STOCK_ESOLDOUT || lease__retired(&e->cache))
+			return rc; /* retired: the update's re-read said so */
 		/* The pool is smaller than asked (update re-read it): take what is
 		   left, if it covers n. */
 		pool = pool_known(e, &current);
@@ -217,7 +220,7 @@ take_slow(struct lease_mgr *m, struct lease_entry *e, uint64_t n, bool reserve, 
 	int rc;
 
 	*kept = false;
-	if (pool_known(e, &current) < n && current) {
+	if (lease__retired(&e->cache) || (pool_known(e, &current) < n && current)) {
 		stock_stat_inc(&m->st.soldout_fast);
 		return STOCK_ESOLDOUT;
 	}
@@ -232,7 +235,7 @@ take_slow(struct lease_mgr *m, struct lease_entry *e, uint64_t n, bool reserve, 
 	/* Whoever held the entry may have refilled, or learnt it is empty. */
 	rc = reserve ? stock_counter_reserve(e->ctr, n) : stock_counter_take(e->ctr, n);
 	if (rc == STOCK_ESOLDOUT) {
-		if (pool_known(e, &current) < n && current)
+		if (lease__retired(&e->cache) || (pool_known(e, &current) < n && current))
 			stock_stat_inc(&m->st.soldout_fast);
 		else if ((rc = refill(m, e, n, n)) == 0)
 			*kept = true;
@@ -261,6 +264,11 @@ lease_take(lease_mgr_t *m, const char *sku, uint64_t n, struct lease_peek *after
 
 	if (e == NULL || !e->leased)
 		return STOCK_ENOENT;
+	/* Retired (Admin DELETE, as last read): the lease's units go back. */
+	if (lease__retired(&e->cache)) {
+		stock_stat_inc(&m->st.soldout_fast);
+		return STOCK_ESOLDOUT;
+	}
 	rc = stock_counter_take(e->ctr, n);
 	if (rc == STOCK_ESOLDOUT)
 		rc = take_slow(m, e, n, false, &kept);
@@ -295,6 +303,10 @@ lease_hold_all(lease_mgr_t *m, const char *const *skus, const uint64_t *n, size_
 		h->e[i] = e;
 		h->q[i] = n[i];
 		h->kept[i] = false;
+		if (lease__retired(&e->cache)) {
+			rc = STOCK_ESOLDOUT;
+			break;
+		}
 		/* Held in the counter, or kept out of it by a refill. */
 		rc = stock_counter_reserve(e->ctr, n[i]);
 		if (rc == STOCK_ESOLDOUT)
@@ -363,7 +375,8 @@ lease_offer(lease_mgr_t *m, const char *sku, uint64_t remaining, uint64_t sold, 
     bool publish)
 {
 	struct lease_entry *e = find(m, sku);
-	struct cache_state st = { remaining, sold, version, UINT64_MAX, UINT64_MAX, UINT64_MAX };
+	struct cache_state st = { remaining, sold, version, UINT64_MAX, UINT64_MAX, UINT64_MAX,
+		UINT64_MAX };
 
 	if (e == NULL)
 		return;
@@ -376,6 +389,7 @@ lease_offer(lease_mgr_t *m, const char *sku, uint64_t remaining, uint64_t sold, 
 }
 
 static void tend_return(struct lease_mgr *m, struct lease_entry *e);
+static void poll_add(struct lease_mgr *m, const char *sku);
 
 void
 lease_learn_view(lease_mgr_t *m, const struct mongo_view *v)
@@ -431,7 +445,7 @@ lease_publish_all(lease_mgr_t *m)
 
 	if (m->opt.bus == NULL)
 		return STOCK_EINVAL;
-	for (size_t i = 0; i < m->n; i++) {
+	for (size_t i = 0, n = count(m); i < n; i++) {
 		lease__cache_read(&m->e[i].cache, &p, &recorded, &pool, &pool_version);
 		if (bus_publish(m->opt.bus, m->e[i].sku, p.remaining, p.version) != 0)
 			rc = STOCK_ENOMEM;
@@ -518,6 +532,29 @@ refill_ahead(struct lease_mgr *m, struct lease_entry *e, const struct stock_leve
 	return refill(m, e, 1, 0) == 0;
 }
 
+/*
+ * A bus event told of a version newer than our last whole read, and what it
+ * says does not fit a document that sells: fewer units than our counter
+ * holds (a retire, or our lease reclaimed), or a change while retired (a
+ * create that opens it again). Re-read it (the event carries no retired
+ * flag). At most once per such event. Entry lock held.
+ */
+static void
+reread_if_told(struct lease_mgr *m, struct lease_entry *e)
+{
+	struct peek_cache *c = &e->cache;
+	struct stock_level l;
+	struct mongo_view v;
+
+	if (stock_gauge_get(&c->version) == stock_gauge_get(&c->retired_version))
+		return;
+	stock_counter_read(e->ctr, &l);
+	if (!lease__retired(c) && stock_gauge_get(&c->remaining) >= l.remaining)
+		return;
+	if (mongo_view(m->opt.mongo, e->sku, &v) == 0)
+		lease__learn(m, e, &v, false);
+}
+
 /* One SKU's round trips for this tick. */
 static void
 tend(struct lease_mgr *m, struct lease_entry *e, bool closing)
@@ -527,6 +564,12 @@ tend(struct lease_mgr *m, struct lease_entry *e, bool closing)
 
 	pthread_mutex_lock(&e->mu);
 	if (lease__resolve(m, e) < 0 || e->broken) {
+		pthread_mutex_unlock(&e->mu);
+		return;
+	}
+	reread_if_told(m, e);
+	if (lease__retired(&e->cache)) { /* no sales: record, give the units back */
+		tend_return(m, e);
 		pthread_mutex_unlock(&e->mu);
 		return;
 	}
@@ -545,10 +588,15 @@ tend(struct lease_mgr *m, struct lease_entry *e, bool closing)
 	pthread_mutex_unlock(&e->mu);
 }
 
+/* Documents one poll adds at most (created at run time elsewhere); the next poll adds more. */
+#define POLL_ADDS 8
+
 /* Poll: re-read every document; reclaim the expired leases of other hosts. */
 struct poll_ctx {
 	struct lease_mgr *m;
 	int64_t now_ms;
+	size_t nnew;
+	char fresh[POLL_ADDS][STOCK_SKU_MAX + 1]; /* SKUs we have no entry for */
 };
 
 /* Quarantine the expired lease @i of another host in lost (docs: "Reclaims into `lost`"). */
@@ -576,9 +624,14 @@ poll_one(const struct mongo_view *v, void *arg)
 	struct poll_ctx *x = arg;
 	struct lease_mgr *m = x->m;
 	struct lease_entry *e = find(m, v->doc.sku);
+	const char *pre = m->opt.reserved_prefix;
 
-	if (e == NULL)
+	if (e == NULL) { /* created after our open: added after the poll */
+		if (x->nnew < POLL_ADDS && stock_sku_valid(v->doc.sku, strlen(v->doc.sku)) &&
+		    (pre == NULL || strncmp(v->doc.sku, pre, strlen(pre)) != 0))
+			snprintf(x->fresh[x->nnew++], sizeof x->fresh[0], "%s", v->doc.sku);
 		return 0;
+	}
 	/* Not published: every instance polls, and whoever changed the
 	   document published that change already. */
 	lease__learn(m, e, v, false);
@@ -606,7 +659,7 @@ ledger_total(struct lease_mgr *m)
 {
 	uint64_t sum = 0;
 
-	for (size_t i = 0; i < m->n; i++)
+	for (size_t i = 0, n = count(m); i < n; i++)
 		if (m->e[i].leased)
 			sum += ledger_sold(m->e[i].slot);
 	return sum;
@@ -622,7 +675,7 @@ run(void *arg)
 		uint64_t now = stock_now_ns(), total;
 		struct timespec dl;
 
-		for (size_t i = 0; i < m->n; i++)
+		for (size_t i = 0, n = count(m); i < n; i++)
 			if (m->e[i].leased)
 				tend(m, &m->e[i], false);
 		/* The ledger on disk at most about one record period behind the
@@ -633,12 +686,15 @@ run(void *arg)
 			synced_total = total;
 			last_sync = now;
 		}
-		if (now - last_poll >= ms_ns(m->opt.poll_ms)) {
-			struct poll_ctx x = { m, util_wall_ms() };
+		if (now - last_poll >= ms_ns(m->opt.poll_ms) || stock_gauge_get(&m->discover) != 0) {
+			struct poll_ctx x = { .m = m, .now_ms = util_wall_ms() };
 
 			last_poll = now;
+			stock_gauge_set(&m->discover, 0);
 			if (mongo_view_all(m->opt.mongo, poll_one, &x) == 0)
 				stock_stat_inc(&m->st.polls);
+			for (size_t i = 0; i < x.nnew; i++)
+				poll_add(m, x.fresh[i]);
 		}
 		stock_deadline_in(&dl, TICK_MS);
 		(void)stock_latch_wait(&m->stop, &dl);
@@ -717,18 +773,27 @@ reconcile(struct lease_mgr *m, struct lease_entry *e)
 	return reconcile_lease(m, e, l);
 }
 
+/* Undo entry_init: an entry never published, or at free. */
+static void
+entry_destroy(struct lease_entry *e)
+{
+	stock_version_destroy(&e->cache.seq);
+	pthread_mutex_destroy(&e->mu);
+	if (e->leased)
+		stock_permits_destroy(&e->waiters);
+	if (e->owns_ctr)
+		stock_counter_destroy(&e->own);
+	memset(e, 0, sizeof *e);
+}
+
 static void
 mgr_free(struct lease_mgr *m)
 {
-	for (size_t i = 0; i < m->n; i++) {
-		stock_version_destroy(&m->e[i].cache.seq);
-		pthread_mutex_destroy(&m->e[i].mu);
-		if (m->e[i].leased)
-			stock_permits_destroy(&m->e[i].waiters);
-	}
+	for (size_t i = 0, n = count(m); i < n; i++)
+		entry_destroy(&m->e[i]);
 	ledger_close(m->ledger);
 	stock_latch_destroy(&m->stop);
-	free(m->index);
+	pthread_mutex_destroy(&m->add_mu);
 	free(m->e);
 	free(m);
 }
@@ -742,21 +807,21 @@ lease_close(lease_mgr_t *m)
 	if (m->thread_started)
 		pthread_join(m->thread, NULL);
 	/* Record every sale and hand every unsold unit back. */
-	for (size_t i = 0; i < m->n; i++)
+	for (size_t i = 0, n = count(m); i < n; i++)
 		if (m->e[i].leased)
 			tend(m, &m->e[i], true);
 	mgr_free(m);
 }
 
-/* The manager with @nentries zeroed entries and the options' defaults. */
+/* The manager with room for every entry and the options' defaults. */
 static struct lease_mgr *
-mgr_new(const struct lease_options *opt, size_t nentries)
+mgr_new(const struct lease_options *opt)
 {
 	struct lease_mgr *m = util_cache_zalloc(sizeof *m);
 
 	if (m == NULL)
 		return NULL;
-	if ((m->e = calloc(nentries > 0 ? nentries : 1, sizeof *m->e)) == NULL) {
+	if ((m->e = calloc(LEASE_ENTRIES_MAX, sizeof *m->e)) == NULL) {
 		free(m);
 		return NULL;
 	}
@@ -775,25 +840,32 @@ mgr_new(const struct lease_options *opt, size_t nentries)
 		m->opt.waiters = 64;
 	snprintf(m->host, sizeof m->host, "%s", opt->host_id);
 	stock_latch_init(&m->stop, false);
+	pthread_mutex_init(&m->add_mu, NULL);
 	return m;
 }
 
-/* Add the entry of @sku (leased when @ctr is set) and bring it up to date. */
+/*
+ * Build the entry of @sku in the first free e[] place (not yet published):
+ * leased when @ctr is set (NULL with @own: a counter of its own), brought up
+ * to date with the document; a leased one reconciled with the ledger. Open,
+ * or add_mu held. On failure nothing is left of it (a claimed ledger slot
+ * stays: the next try finds it by name).
+ */
 static int
-entry_add(struct lease_mgr *m, const char *sku, struct stock_counter *ctr)
+entry_build(struct lease_mgr *m, const char *sku, struct stock_counter *ctr, bool own,
+    struct lease_entry **out)
 {
-	struct lease_entry *e = &m->e[m->n];
+	size_t k = count(m);
+	struct lease_entry *e = &m->e[k];
 	struct mongo_view v;
 	int rc;
 
 	if (!stock_sku_valid(sku, strlen(sku)))
 		return STOCK_EINVAL;
-	for (size_t i = 0; i < m->n; i++) {
-		if (strcmp(m->e[i].sku, sku) == 0) {
-			log_error("lease", "%s is listed twice", sku);
-			return STOCK_EINVAL;
-		}
-	}
+	if (find(m, sku) != NULL)
+		return STOCK_EEXIST;
+	if (k == LEASE_ENTRIES_MAX)
+		return STOCK_ENOMEM;
 	if (ctr != NULL) {
 		struct stock_level l;
 
@@ -802,26 +874,110 @@ entry_add(struct lease_mgr *m, const char *sku, struct stock_counter *ctr)
 			return STOCK_EINVAL;
 		}
 	}
-	snprintf(e->sku, sizeof e->sku, "%s", sku);
-	if (stock_version_init(&e->cache.seq) != 0)
+	/* At run time: no ledger slot for a name without a document. */
+	if (own && (rc = mongo_view(m->opt.mongo, sku, &v)) != 0)
+		return rc;
+	if (own && stock_counter_init(&e->own, STOCK_STRATEGY_ATOMIC, 0) != 0)
+		return STOCK_ENOMEM;
+	if (stock_version_init(&e->cache.seq) != 0) {
+		if (own)
+			stock_counter_destroy(&e->own);
 		return STOCK_ESYS;
+	}
 	pthread_mutex_init(&e->mu, NULL);
-	m->n++;
-	if (ctr == NULL) {
+	e->owns_ctr = own;
+	snprintf(e->sku, sizeof e->sku, "%s", sku);
+	if (ctr == NULL && !own) { /* read-through: a missing document is a miss later */
 		rc = mongo_view(m->opt.mongo, sku, &v);
 		if (rc == 0)
 			lease__learn(m, e, &v, false);
-		return rc == STOCK_ENOENT ? 0 : rc;
+		rc = rc == STOCK_ENOENT ? 0 : rc;
+		goto out;
 	}
-	if (stock_permits_init(&e->waiters, m->opt.waiters) != 0)
-		return STOCK_EINVAL;
+	if (stock_permits_init(&e->waiters, m->opt.waiters) != 0) {
+		rc = STOCK_EINVAL;
+		goto out;
+	}
 	e->leased = true;
-	e->ctr = ctr;
+	e->ctr = own ? &e->own : ctr;
 	if ((e->slot = ledger_slot(m->ledger, sku)) == NULL) {
-		log_error("lease", "the ledger is full (%d SKUs)", LEDGER_SLOTS);
-		return STOCK_ENOMEM;
+		log_error("lease", "%s: the ledger is full (%d SKUs)", sku, LEDGER_SLOTS);
+		rc = STOCK_ENOMEM;
+		goto out;
 	}
-	return reconcile(m, e);
+	rc = reconcile(m, e);
+out:
+	if (rc != 0)
+		entry_destroy(e);
+	else
+		*out = e;
+	return rc;
+}
+
+int
+lease_add(lease_mgr_t *m, const char *sku)
+{
+	struct lease_entry *e;
+	int rc;
+
+	pthread_mutex_lock(&m->add_mu);
+	rc = entry_build(m, sku, NULL, true, &e);
+	if (rc == 0) {
+		(void)ledger_sync(m->ledger); /* the slot's claim on disk */
+		publish(m, e);
+	}
+	pthread_mutex_unlock(&m->add_mu);
+	if (rc == 0)
+		log_info("lease", "%s: now sold here (created at run time)", sku);
+	return rc;
+}
+
+bool
+lease_has_room(lease_mgr_t *m, const char *sku)
+{
+	bool room;
+
+	pthread_mutex_lock(&m->add_mu); /* slots are claimed under it */
+	room = find(m, sku) != NULL ||
+	    (count(m) < LEASE_ENTRIES_MAX && ledger_has_room(m->ledger, sku));
+	pthread_mutex_unlock(&m->add_mu);
+	return room;
+}
+
+/* A document the poll found that we have no entry for: add it (lease thread). */
+static void
+poll_add(struct lease_mgr *m, const char *sku)
+{
+	int rc = lease_add(m, sku);
+
+	if (rc == STOCK_ENOMEM && !m->full_logged) {
+		m->full_logged = true;
+		log_warn("lease", "%s (and maybe more): not sold here, the ledger is full (%d SKUs)",
+		    sku, LEDGER_SLOTS);
+	} else if (rc != 0 && rc != STOCK_EEXIST && rc != STOCK_ENOMEM) {
+		log_warn("lease", "%s: cannot start selling it: %s (the next poll tries again)", sku,
+		    stock_strerror(rc));
+	}
+}
+
+void
+lease_discover(lease_mgr_t *m)
+{
+	stock_gauge_set(&m->discover, 1);
+}
+
+int
+lease_list(lease_mgr_t *m, lease_list_fn fn, void *arg)
+{
+	for (size_t i = 0, n = count(m); i < n; i++) {
+		struct lease_peek p;
+		int rc;
+
+		peek_entry(&m->e[i], &p);
+		if ((rc = fn(m->e[i].sku, &p, arg)) != 0)
+			return rc;
+	}
+	return 0;
 }
 
 int
@@ -834,21 +990,27 @@ lease_open(lease_mgr_t **out, const struct lease_options *opt, const char *const
 
 	*out = NULL;
 	if (opt == NULL || opt->mongo == NULL || opt->host_id == NULL || opt->ledger_path == NULL ||
-	    !host_id_valid(opt->host_id, strlen(opt->host_id)))
+	    !host_id_valid(opt->host_id, strlen(opt->host_id)) ||
+	    nleased + nplain > LEASE_ENTRIES_MAX)
 		return STOCK_EINVAL;
-	if ((m = mgr_new(opt, nleased + nplain)) == NULL)
+	if ((m = mgr_new(opt)) == NULL)
 		return STOCK_ENOMEM;
 	if ((rc = ledger_open(&m->ledger, opt->ledger_path, m->host)) != 0)
 		goto fail;
 	for (size_t i = 0; i < nleased + nplain; i++) {
-		rc = i < nleased ? entry_add(m, leased[i], counters[i]) :
-		    entry_add(m, plain[i - nleased], NULL);
+		const char *sku = i < nleased ? leased[i] : plain[i - nleased];
+		struct lease_entry *e;
+
+		rc = entry_build(m, sku, i < nleased ? counters[i] : NULL, false, &e);
+		if (rc == STOCK_EEXIST) {
+			log_error("lease", "%s is listed twice", sku);
+			rc = STOCK_EINVAL;
+		}
 		if (rc != 0)
 			goto fail;
+		publish(m, e);
 	}
 	(void)ledger_sync(m->ledger);
-	if ((rc = index_build(m)) != 0)
-		goto fail;
 	if (pthread_create(&m->thread, NULL, run, m) != 0) {
 		rc = STOCK_ESYS;
 		goto fail;

@@ -36,6 +36,8 @@ struct lease_options {
 	                            (default 2000) */
 	unsigned waiters;        /* buyers of one SKU that may wait for its refill; more are
 	                            refused with STOCK_EBUSY (default 64) */
+	const char *reserved_prefix; /* documents named so that are not known at open are
+	                                never added by the poll (NULL: none) */
 };
 
 /* One SKU the manager knows: either sold from a lease or (Db) read-through. */
@@ -91,7 +93,8 @@ int lease_open(lease_mgr_t **out, const struct lease_options *opt, const char *c
  * trips, the bus, the poll). At most opt->waiters buyers of one SKU wait for
  * its refill. Records the sale in the ledger before returning 0. Returns 0
  * (@after: the peek after the buy), STOCK_ESOLDOUT (lease and pool each
- * short of @n), STOCK_ENOENT (not a leased SKU), STOCK_ESYS (MongoDB
+ * short of @n, or the SKU retired as last read), STOCK_ENOENT (not a
+ * leased SKU), STOCK_ESYS (MongoDB
  * unreachable, or the outcome of the last update of this lease is still
  * unknown, while a refill was needed), STOCK_EBUSY (the SKU's refill
  * bulkhead is full, or instances kept racing for the last units: retry),
@@ -144,7 +147,8 @@ void lease_release_held(lease_mgr_t *m, struct lease_holding *h);
 bool lease_soldout(lease_mgr_t *m, const char *sku, uint64_t n);
 
 /**
- * lease_peek - the cached view of @sku. Returns 0 or STOCK_ENOENT.
+ * lease_peek - the cached view of @sku (remaining 0 while the newest whole
+ * read says retired). Returns 0 or STOCK_ENOENT.
  */
 int lease_peek(lease_mgr_t *m, const char *sku, struct lease_peek *out);
 
@@ -176,6 +180,32 @@ int lease_give_back(lease_mgr_t *m, const char *sku);
  * update the cache and publish it. Returns 0 or a libstock error.
  */
 int lease_refresh(lease_mgr_t *m, const char *sku);
+
+/**
+ * lease_add - sell @sku from leases from now on (a document created at run
+ * time: Admin PUT here, or found by the poll or heard of on the bus): an
+ * entry with a counter of its own and a ledger slot, reconciled like one of
+ * lease_open's, then findable. Thread-safe. Returns 0, STOCK_EEXIST (it has
+ * an entry), STOCK_ENOMEM (the ledger or the manager is full), STOCK_EINVAL
+ * (not a SKU), or reconcile's errors (lease_open; STOCK_ENOENT: no document).
+ */
+int lease_add(lease_mgr_t *m, const char *sku);
+
+/** lease_has_room - whether @sku has an entry or lease_add would find room for it. */
+bool lease_has_room(lease_mgr_t *m, const char *sku);
+
+/**
+ * lease_discover - a SKU we have no entry for was heard of (the bus): the
+ * lease thread polls at its next tick, and adds every new document.
+ * Lock-free.
+ */
+void lease_discover(lease_mgr_t *m);
+
+/* Callback of lease_list: 0 goes on, anything else stops. */
+typedef int (*lease_list_fn)(const char *sku, const struct lease_peek *p, void *arg);
+
+/** lease_list - call @fn on every SKU's peek, in the order they were added. */
+int lease_list(lease_mgr_t *m, lease_list_fn fn, void *arg);
 
 /** lease_publish_all - publish every cached SKU on the bus (Util/Publish). */
 int lease_publish_all(lease_mgr_t *m);

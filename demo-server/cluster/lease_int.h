@@ -33,6 +33,8 @@ struct peek_cache {
 	struct stock_gauge recorded;  /* leases.<host>.sold in the newest view of it */
 	struct stock_gauge pool;      /* the document's stock at pool_version */
 	struct stock_gauge pool_version;
+	struct stock_gauge retired;   /* 1: the newest whole read says retired (Admin DELETE) */
+	struct stock_gauge retired_version; /* the version of that read */
 };
 
 /* An update whose outcome is unknown (docs: "Unknown outcomes"). */
@@ -52,7 +54,9 @@ struct lease_entry {
 	bool leased;
 	struct peek_cache cache;
 	/* leased entries only: */
-	struct stock_counter *ctr;      /* our unsold units */
+	struct stock_counter *ctr;      /* our unsold units: the caller's, or `own` */
+	struct stock_counter own;       /* the counter of an entry added at run time */
+	bool owns_ctr;
 	struct ledger_slot *slot;
 	struct stock_permits waiters;   /* the bulkhead: buyers waiting for a refill */
 	struct stock_gauge last_sale_ns;
@@ -73,13 +77,29 @@ struct lease_counters {
 	struct stock_gauge buyer_refill_last_ms; /* wall clock of the last one */
 };
 
+/* Entries one manager holds: every ledger slot, plus the plain (read-through) SKUs. */
+#define LEASE_ENTRIES_MAX (LEDGER_SLOTS + 8)
+#define LEASE_INDEX_SLOTS 1024 /* a power of two, at least 2 x LEASE_ENTRIES_MAX */
+_Static_assert(LEASE_INDEX_SLOTS >= 2 * LEASE_ENTRIES_MAX, "the index stays at most half full");
+
 struct lease_mgr {
 	struct lease_counters st; /* first: cache-line aligned (aligned_alloc) */
 	struct lease_options opt;
 	char host[HOST_ID_MAX + 1];
+	/*
+	 * Entries are added (at open, or at run time: lease_add) and never
+	 * removed: e[] has room for LEASE_ENTRIES_MAX and does not move. An
+	 * entry is whole before it is published: its index slot (e[] index + 1,
+	 * 0: free) is set with release, then `count` is raised, so find (an
+	 * acquire load per probe) and the loops over e[0..count) see only whole
+	 * entries. Adds are serialised by add_mu.
+	 */
 	struct lease_entry *e;
-	size_t n;
-	size_t *index, index_cap; /* open addressing over e[], built at open, then read-only */
+	struct stock_gauge count;
+	struct stock_gauge index[LEASE_INDEX_SLOTS];
+	pthread_mutex_t add_mu;
+	struct stock_gauge discover; /* 1: poll at the next tick (an unknown SKU was heard of) */
+	bool full_logged;            /* the "ledger full" warning of the poll, once */
 	struct ledger *ledger;
 	struct stock_latch stop;
 	pthread_t thread;
@@ -123,14 +143,25 @@ struct cache_state {
 	uint64_t recorded; /* our lease's sold in it */
 	uint64_t pool;     /* its stock (leased SKUs) */
 	uint64_t held;     /* units held for holds (bus events: not known) */
+	uint64_t retired;  /* 1 or 0 (bus events: not known, UINT64_MAX) */
 };
 
 /** lease__cache_offer - offer @st to @c (see lease_update.c). True when it was newer. */
 bool lease__cache_offer(struct peek_cache *c, const struct cache_state *st);
 
-/** lease__cache_read - a consistent copy of @c: the peek, recorded sold, pool and its version. */
+/**
+ * lease__cache_read - a consistent copy of @c: the peek (remaining 0 while
+ * retired), recorded sold, pool and its version.
+ */
 void lease__cache_read(struct peek_cache *c, struct lease_peek *out, uint64_t *recorded,
     uint64_t *pool, uint64_t *pool_version);
+
+/** lease__retired - whether the newest whole read of @c's document says retired. */
+static inline bool
+lease__retired(const struct peek_cache *c)
+{
+	return stock_gauge_get(&c->retired) != 0;
+}
 
 /** lease__learn - cache a view of @e's document, note the pool, maybe publish it. */
 void lease__learn(struct lease_mgr *m, struct lease_entry *e, const struct mongo_view *v,

@@ -99,6 +99,12 @@ lease__cache_offer(struct peek_cache *c, const struct cache_state *st)
 		stock_gauge_set(&c->pool, st->pool);
 		stock_gauge_set(&c->pool_version, st->version);
 	}
+	/* Only a whole read knows; a bus event about a newer version leaves
+	   the flag as it was (tend re-reads when they disagree). */
+	if (st->retired != UINT64_MAX && st->version >= stock_gauge_get(&c->retired_version)) {
+		stock_gauge_set(&c->retired, st->retired);
+		stock_gauge_set(&c->retired_version, st->version);
+	}
 	stock_version_write_unlock(&c->seq);
 	return newer;
 }
@@ -118,6 +124,8 @@ lease__cache_read(struct peek_cache *c, struct lease_peek *out, uint64_t *record
 		*recorded = stock_gauge_get(&c->recorded);
 		*pool = stock_gauge_get(&c->pool);
 		*pool_version = stock_gauge_get(&c->pool_version);
+		if (stock_gauge_get(&c->retired) != 0)
+			out->remaining = 0; /* not for sale, whatever leases still hold */
 	} while (stock_version_read_retry(&c->seq, t));
 }
 
@@ -127,10 +135,11 @@ lease__learn(struct lease_mgr *m, struct lease_entry *e, const struct mongo_view
 {
 	const struct mongo_lease *ours = view_lease(v, m->host);
 	struct cache_state st = {
-		.remaining = view_remaining(v), .sold = v->doc.sold, .version = v->doc.version,
+		.remaining = v->retired ? 0 : view_remaining(v), .sold = v->doc.sold, .version = v->doc.version,
 		.recorded = ours != NULL ? ours->sold : UINT64_MAX,
 		.pool = e->leased ? v->doc.stock : UINT64_MAX,
 		.held = v->held,
+		.retired = v->retired ? 1 : 0,
 	};
 
 	if (lease__cache_offer(&e->cache, &st) && publish && m->opt.bus != NULL)

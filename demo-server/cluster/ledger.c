@@ -209,6 +209,15 @@ ledger_slot(struct ledger *l, const char *sku)
 	return free_slot;
 }
 
+bool
+ledger_has_room(struct ledger *l, const char *sku)
+{
+	for (size_t i = 0; i < LEDGER_SLOTS; i++)
+		if (l->f->slot[i].sku[0] == '\0' || strcmp(l->f->slot[i].sku, sku) == 0)
+			return true;
+	return false;
+}
+
 /* Raw atomic 1 of 3: the buy path's add, in the shared page (see the top). */
 void
 ledger_add_sold(struct ledger_slot *s, uint64_t n)

@@ -48,10 +48,13 @@ void ledger_close(struct ledger *l);
 
 /**
  * ledger_slot - the slot of @sku, claiming a free one (zeroed) when @sku has
- * none. NULL when the ledger is full. Not thread-safe: called at open, before
- * any buy.
+ * none. NULL when the ledger is full. Callers serialise calls (the lease
+ * manager: at open, then under its add lock); buys on other slots may run.
  */
 struct ledger_slot *ledger_slot(struct ledger *l, const char *sku);
+
+/** ledger_has_room - whether ledger_slot(@l, @sku) would find a slot. Same rules as ledger_slot. */
+bool ledger_has_room(struct ledger *l, const char *sku);
 
 /** ledger_add_sold - add @n units sold to @s (one atomic add). Thread-safe. */
 void ledger_add_sold(struct ledger_slot *s, uint64_t n);

@@ -330,9 +330,11 @@ cluster_adjust(inventory_t *inv, const char *sku, bool absolute, uint64_t n,
 	struct lease_peek p;
 	int rc;
 
-	if (lease_peek(c->leases, sku, &p) != 0)
+	/* Only a SKU with a document (the adjust is an upsert): one created
+	   elsewhere that we have not heard of yet is added now. */
+	if (lease_peek(c->leases, sku, &p) != 0 && lease_add(c->leases, sku) != 0)
 		return STOCK_ENOENT;
-	rc = mongo_adjust(c->mongo, sku, absolute, n, NULL);
+	rc = mongo_adjust(c->mongo, sku, absolute, n, NULL); /* retired: STOCK_ENOENT */
 	if (rc == STOCK_ECONFLICT)
 		rc = STOCK_ESYS;
 	if (rc != 0)
@@ -345,21 +347,128 @@ cluster_adjust(inventory_t *inv, const char *sku, bool absolute, uint64_t n,
 	return 0;
 }
 
+/* ---- the catalog at run time (Admin PUT / DELETE Stock/{sku}) -------------------
+ *
+ * A SKU is its document: PUT inserts it (or opens a retired one again) with
+ * one conditional update, and this instance sells it from a lease at once;
+ * the others add it when they hear of it (the bus: an event for a SKU they
+ * do not know makes them poll) or at their next poll. DELETE marks the
+ * document retired with stock 0: from that update on MongoDB refuses every
+ * grant, hold and restock of it, this instance stops selling and gives its
+ * lease back, and its live holds are cancelled; the others stop within the
+ * bus latency and one read (--poll-ms without Redis), selling meanwhile only
+ * units their leases already held (docs/server.md, "Retiring a SKU").
+ */
+
+/* A OneStock document is fixed; the lease manager must have room to sell a new SKU. */
+static int
+cluster_sku_create(inventory_t *inv, const char *sku, uint64_t remaining,
+    struct idem_answer *ans, struct checkout_view *out)
+{
+	struct cluster *c = to_cluster(inv);
+	struct mongo_view v;
+	struct lease_peek p;
+	int rc;
+
+	memset(out, 0, sizeof *out);
+	out->refused = -1;
+	(void)ans; /* the answer is stored after (idem_finish) */
+	if (catalog_is_one(sku))
+		return STOCK_EEXIST;
+	if (!lease_has_room(c->leases, sku)) {
+		log_warn("admin", "%s not created: the ledger is full", sku);
+		return STOCK_ENOMEM;
+	}
+	if ((rc = mongo_sku_create(c->mongo, sku, remaining, &v)) == STOCK_ECONFLICT)
+		rc = STOCK_ESYS;
+	if (rc != 0)
+		return rc;
+	rc = lease_add(c->leases, sku);
+	if (rc == STOCK_EEXIST) /* opened again: our entry learns it */
+		lease_learn_view(c->leases, &v);
+	else if (rc != 0)
+		log_warn("admin", "%s created, but not sold here yet (%s): the poll adds it", sku,
+		    stock_strerror(rc));
+	if (c->bus != NULL) /* the others learn of it now, not at their poll */
+		(void)bus_publish(c->bus, sku, v.doc.stock, v.doc.version);
+	if (lease_peek(c->leases, sku, &p) == 0 && p.version >= v.doc.version) {
+		peek_level(&p, &out->level);
+	} else {
+		out->level.remaining = v.doc.stock;
+		out->level.sold = v.doc.sold;
+		out->level.version = v.doc.version;
+	}
+	log_info("admin", "%s created with %" PRIu64 " units (MongoDB)", sku, remaining);
+	return 0;
+}
+
+static int
+cluster_sku_retire(inventory_t *inv, const char *sku, struct idem_answer *ans,
+    struct checkout_view *out)
+{
+	struct cluster *c = to_cluster(inv);
+	struct mongo_view v;
+	struct lease_peek p;
+	unsigned cancelled = 0, kept = 0;
+	int rc;
+
+	memset(out, 0, sizeof *out);
+	out->refused = -1;
+	(void)ans;
+	if (catalog_is_one(sku))
+		return STOCK_EEXIST;
+	if ((rc = mongo_sku_retire(c->mongo, sku, &v)) == STOCK_ECONFLICT)
+		rc = STOCK_ESYS;
+	if (rc != 0)
+		return rc;
+	if (lease_peek(c->leases, sku, &p) == STOCK_ENOENT)
+		(void)lease_add(c->leases, sku); /* one we had not heard of: peeks show it */
+	lease_learn_view(c->leases, &v); /* our buys stop; published: the others' too */
+	(void)lease_give_back(c->leases, sku);
+	/* Its live holds: cancelled (every item of each). One being paid for,
+	   or expired and not swept yet, decides on its own. */
+	for (size_t i = 0; i < v.nholds; i++) {
+		struct checkout_view cv;
+
+		if (cluster_cancel(inv, v.holds[i].id, strlen(v.holds[i].id), NULL, &cv) == 0)
+			cancelled++;
+		else
+			kept++;
+	}
+	(void)lease_refresh(c->leases, sku);
+	if (lease_peek(c->leases, sku, &p) == 0) {
+		peek_level(&p, &out->level);
+	} else {
+		out->level.sold = v.doc.sold;
+		out->level.version = v.doc.version;
+	}
+	log_info("admin", "%s retired (MongoDB): %u live holds cancelled, %u left to decide "
+	    "(being paid, or expired)", sku, cancelled, kept);
+	return 0;
+}
+
+struct list_ctx {
+	inventory_list_fn fn;
+	void *arg;
+};
+
+static int
+list_one(const char *sku, const struct lease_peek *p, void *arg)
+{
+	struct list_ctx *x = arg;
+	struct stock_level l;
+
+	peek_level(p, &l);
+	return x->fn(sku, &l, x->arg);
+}
+
+/* Every SKU the lease manager knows: the catalog at open, and those added since. */
 static int
 cluster_list(inventory_t *inv, inventory_list_fn fn, void *arg)
 {
-	struct cluster *c = to_cluster(inv);
+	struct list_ctx x = { fn, arg };
 
-	for (size_t i = 0; i < c->nskus; i++) {
-		struct stock_level l;
-		int rc;
-
-		if (cluster_peek(inv, c->skus[i], &l) != 0)
-			continue;
-		if ((rc = fn(c->skus[i], &l, arg)) != 0)
-			return rc;
-	}
-	return 0;
+	return lease_list(to_cluster(inv)->leases, list_one, &x);
 }
 
 static int
@@ -501,6 +610,8 @@ static const struct inventory_ops cluster_ops = {
 	.order = cluster_order,
 	.buy_as = cluster_buy_as,
 	.adjust_as = cluster_adjust_as,
+	.sku_create = cluster_sku_create,
+	.sku_retire = cluster_sku_retire,
 	.idem_begin = cluster_idem_begin,
 	.idem_finish = cluster_idem_finish,
 	.idem_abort = cluster_idem_abort,
@@ -516,8 +627,14 @@ bus_receive(const struct bus_event *ev, void *arg)
 
 	if (stock_drain_enter(&c->bus_users) != 0)
 		return; /* closing */
-	if (stock_latch_is_set(&c->leases_ready))
-		lease_offer(c->leases, ev->key, ev->value, UINT64_MAX, ev->version, false);
+	if (stock_latch_is_set(&c->leases_ready)) {
+		struct lease_peek p;
+
+		if (lease_peek(c->leases, ev->key, &p) == 0)
+			lease_offer(c->leases, ev->key, ev->value, UINT64_MAX, ev->version, false);
+		else if (!catalog_is_one(ev->key))
+			lease_discover(c->leases); /* created elsewhere: the poll adds it */
+	}
 	stock_drain_leave(&c->bus_users);
 }
 
@@ -628,6 +745,7 @@ open_leases(struct cluster *c, const struct app_config *cfg)
 	lo.record_ms = (unsigned)cfg->record_ms;
 	lo.poll_ms = (unsigned)cfg->poll_ms;
 	lo.waiters = (unsigned)cfg->lease_waiters;
+	lo.reserved_prefix = CATALOG_ONE_PREFIX; /* the OneStock documents are fixed */
 	rc = lease_open(&c->leases, &lo, leased, ctrs, n, plain, 1);
 out:
 	free(leased);

@@ -46,9 +46,8 @@ struct inventory_ops {
 	void (*close)(inventory_t *inv);
 	/* Checkout (inventory/checkout.h). NULL in a mode without it: then
 	   inventory_has_checkout is false and the handlers answer 501. A mode
-	   may serve some without the rest (the cluster: everything but
-	   sku_create and sku_retire; see inventory_has_catalog, _orders,
-	   _buyers, _keys). */
+	   may serve some without the rest (see inventory_has_catalog,
+	   _orders, _buyers, _keys). */
 	int (*hold)(inventory_t *inv, const struct checkout_req *req, struct idem_answer *ans,
 	    struct checkout_view *out);
 	int (*hold_get)(inventory_t *inv, const char *id, size_t len, struct checkout_view *out);

@@ -149,6 +149,13 @@ field_decode(struct mongo *m, bson_iter_t *it, bool want_id, struct mongo_view *
 		return leases_decode(m, it, v, extra, why);
 	if (strcmp(key, "holds") == 0)
 		return holds_decode(it, v, why);
+	if (strcmp(key, "retired") == 0) {
+		*why = "retired is not a bool";
+		if (!BSON_ITER_HOLDS_BOOL(it))
+			return false;
+		v->retired = bson_iter_bool(it);
+		return true;
+	}
 	if (strcmp(key, "nholds") == 0)
 		return true; /* native's count of holds (native_query); the map is the truth */
 	return sku_doc_decode_field(it, want_id, false, &v->doc, seen, why);
@@ -231,6 +238,7 @@ mongo_state_append(bson_t *b, const struct mongo_view *v)
 	BSON_APPEND_INT64(b, "sold", (int64_t)v->doc.sold);
 	BSON_APPEND_INT64(b, "version", (int64_t)v->doc.version);
 	BSON_APPEND_INT64(b, "lost", (int64_t)v->lost);
+	BSON_APPEND_BOOL(b, "retired", v->retired);
 	BSON_APPEND_DOCUMENT_BEGIN(b, "leases", &ls);
 	for (size_t i = 0; i < v->nleases; i++)
 		lease_append(&ls, v->leases[i].host, &v->leases[i].lease);
@@ -496,10 +504,11 @@ lease_query(bson_t *q, const struct mongo_op *op)
 		snprintf(key + kl, sizeof key - (size_t)kl, ".reclaimed");
 		BSON_APPEND_BOOL(q, key, op->expect->reclaimed);
 	}
-	if (op->d_stock < 0) {
+	if (op->d_stock < 0) { /* a grant: never from a retired document */
 		BSON_APPEND_DOCUMENT_BEGIN(q, "stock", &child);
 		BSON_APPEND_INT64(&child, "$gte", -op->d_stock);
 		bson_append_document_end(q, &child);
+		BCON_APPEND(q, "retired", "{", "$ne", BCON_BOOL(true), "}");
 	}
 	if (op->d_lost < 0) {
 		BSON_APPEND_DOCUMENT_BEGIN(q, "lost", &child);
@@ -548,7 +557,7 @@ hold_query(const struct mongo_op *op, bson_t *q, bson_t *u)
 	if (op->kind == MONGO_OP_HOLD) {
 		BCON_APPEND(q, "_id", BCON_UTF8(op->sku), "stock", "{", "$gte", BCON_INT64(n), "}",
 		    key, "{", "$exists", BCON_BOOL(false), "}", "nholds", "{", "$not", "{", "$gte",
-		    BCON_INT64(MONGO_HOLDS_MAX), "}", "}");
+		    BCON_INT64(MONGO_HOLDS_MAX), "}", "}", "retired", "{", "$ne", BCON_BOOL(true), "}");
 		BCON_APPEND(u, "$inc", "{", "stock", BCON_INT64(-n), "nholds", BCON_INT64(1),
 		    "version", BCON_INT64(1), "}", "$set", "{", key, BCON_INT64(n), "}");
 	} else {
@@ -560,11 +569,34 @@ hold_query(const struct mongo_op *op, bson_t *q, bson_t *u)
 }
 
 /*
+ * Create: an upsert of {_id, retired: true} (a live document is a duplicate
+ * key: nothing applied, and the re-read says STOCK_EEXIST); on insert the
+ * filter's retired is overwritten and version counts from 0 to 1. Retire:
+ * {_id}, $set stock 0 and retired.
+ */
+static void
+catalog_query(const struct mongo_op *op, bson_t *q, bson_t *u)
+{
+	if (op->kind == MONGO_OP_CREATE) {
+		BCON_APPEND(q, "_id", BCON_UTF8(op->sku), "retired", BCON_BOOL(true));
+		BCON_APPEND(u, "$set", "{", "stock", BCON_INT64((int64_t)op->n), "retired",
+		    BCON_BOOL(false), "}", "$inc", "{", "version", BCON_INT64(1), "}",
+		    "$setOnInsert", "{", "sold", BCON_INT64(0), "}");
+	} else {
+		BCON_APPEND(q, "_id", BCON_UTF8(op->sku));
+		BCON_APPEND(u, "$set", "{", "stock", BCON_INT64(0), "retired", BCON_BOOL(true), "}",
+		    "$inc", "{", "version", BCON_INT64(1), "}");
+	}
+}
+
+/*
  * The filter and update of @op: its conditions (mongo_op_next) as a
- * findAndModify. Take: {_id, stock >= n, sold <= STOCK_COUNT_MAX - n}, $inc.
+ * findAndModify. Take: {_id, stock >= n, sold <= STOCK_COUNT_MAX - n,
+ * retired not true}, $inc.
  * Adjust: an upsert, $set (absolute) or $inc with stock <= STOCK_COUNT_MAX
- * - n in the filter, so the result stays in range. Lease: lease_query,
- * lease_update.
+ * - n in the filter, so the result stays in range, and retired not true (a
+ * retired document is a duplicate key: refused). Lease: lease_query,
+ * lease_update. Create, retire: catalog_query.
  */
 static void
 native_query(const struct mongo_op *op, bson_t *q, bson_t *u, bool *upsert)
@@ -573,19 +605,23 @@ native_query(const struct mongo_op *op, bson_t *q, bson_t *u, bool *upsert)
 
 	bson_init(q);
 	bson_init(u);
-	*upsert = op->kind == MONGO_OP_ADJUST;
-	if (op->kind == MONGO_OP_TAKE) {
+	*upsert = op->kind == MONGO_OP_ADJUST || op->kind == MONGO_OP_CREATE;
+	if (op->kind == MONGO_OP_CREATE || op->kind == MONGO_OP_RETIRE) {
+		catalog_query(op, q, u);
+	} else if (op->kind == MONGO_OP_TAKE) {
 		BCON_APPEND(q, "_id", BCON_UTF8(op->sku), "stock", "{", "$gte", BCON_INT64(n), "}",
-		    "sold", "{", "$lte", BCON_INT64((int64_t)STOCK_COUNT_MAX - n), "}");
+		    "sold", "{", "$lte", BCON_INT64((int64_t)STOCK_COUNT_MAX - n), "}",
+		    "retired", "{", "$ne", BCON_BOOL(true), "}");
 		BCON_APPEND(u, "$inc", "{", "stock", BCON_INT64(-n), "sold", BCON_INT64(n), "version",
 		    BCON_INT64(1), "}");
 	} else if (op->kind == MONGO_OP_ADJUST && op->absolute) {
-		BCON_APPEND(q, "_id", BCON_UTF8(op->sku));
+		BCON_APPEND(q, "_id", BCON_UTF8(op->sku), "retired", "{", "$ne", BCON_BOOL(true), "}");
 		BCON_APPEND(u, "$set", "{", "stock", BCON_INT64(n), "}", "$inc", "{", "version",
 		    BCON_INT64(1), "}", "$setOnInsert", "{", "sold", BCON_INT64(0), "}");
 	} else if (op->kind == MONGO_OP_ADJUST) {
 		BCON_APPEND(q, "_id", BCON_UTF8(op->sku), "stock", "{", "$lte",
-		    BCON_INT64((int64_t)STOCK_COUNT_MAX - n), "}");
+		    BCON_INT64((int64_t)STOCK_COUNT_MAX - n), "}", "retired", "{", "$ne",
+		    BCON_BOOL(true), "}");
 		BCON_APPEND(u, "$inc", "{", "stock", BCON_INT64(n), "version", BCON_INT64(1), "}",
 		    "$setOnInsert", "{", "sold", BCON_INT64(0), "}");
 	} else if (op->kind == MONGO_OP_HOLD || op->kind == MONGO_OP_UNHOLD) {

@@ -37,13 +37,16 @@
 
 struct mongo_claims; /* claims.c's state */
 
-enum mongo_op_kind { MONGO_OP_TAKE, MONGO_OP_ADJUST, MONGO_OP_LEASE, MONGO_OP_HOLD, MONGO_OP_UNHOLD };
+enum mongo_op_kind {
+	MONGO_OP_TAKE, MONGO_OP_ADJUST, MONGO_OP_LEASE, MONGO_OP_HOLD, MONGO_OP_UNHOLD,
+	MONGO_OP_CREATE, MONGO_OP_RETIRE
+};
 
 /* One conditional write with its arguments, checked (mongo.c). */
 struct mongo_op {
 	enum mongo_op_kind kind;
 	const char *sku;
-	uint64_t n;                       /* take, adjust; hold, unhold: the entry's units */
+	uint64_t n;                       /* take, adjust, create; hold, unhold: the entry's units */
 	uint64_t sell;                    /* unhold: of n, sold (the rest back to stock) */
 	const char *hold;                 /* hold, unhold: the hold id */
 	bool absolute;                    /* adjust */

@@ -68,6 +68,37 @@ mongo_adjust(mongo_t *m, const char *sku, bool absolute, uint64_t n, struct sku_
 	return rc;
 }
 
+/* Create and retire: every refusal and success answers the document in @after. */
+static int
+catalog_write(mongo_t *m, const struct mongo_op *op, struct mongo_view *after)
+{
+	struct mongo_view v;
+	int rc;
+
+	if (m == NULL || sku_check(op->sku) != 0 || op->n > STOCK_COUNT_MAX)
+		return STOCK_EINVAL;
+	rc = m->be->write(m, op, &v);
+	if ((rc == 0 || rc == STOCK_EEXIST) && after != NULL)
+		*after = v;
+	return rc;
+}
+
+int
+mongo_sku_create(mongo_t *m, const char *sku, uint64_t n, struct mongo_view *after)
+{
+	struct mongo_op op = { .kind = MONGO_OP_CREATE, .sku = sku, .n = n };
+
+	return catalog_write(m, &op, after);
+}
+
+int
+mongo_sku_retire(mongo_t *m, const char *sku, struct mongo_view *after)
+{
+	struct mongo_op op = { .kind = MONGO_OP_RETIRE, .sku = sku };
+
+	return catalog_write(m, &op, after);
+}
+
 int
 mongo_view(mongo_t *m, const char *sku, struct mongo_view *out)
 {
@@ -117,7 +148,7 @@ take_next(const struct mongo_op *op, const struct mongo_view *cur, struct mongo_
 
 	if (cur == NULL)
 		return STOCK_ENOENT;
-	if (cur->doc.stock < n)
+	if (cur->retired || cur->doc.stock < n)
 		return STOCK_ESOLDOUT;
 	if (cur->doc.sold > STOCK_COUNT_MAX - n || cur->doc.version >= (uint64_t)INT64_MAX)
 		return STOCK_ERANGE;
@@ -138,6 +169,8 @@ adjust_next(const struct mongo_op *op, const struct mongo_view *cur, struct mong
 		next->doc.version = 1;
 		return 0;
 	}
+	if (cur->retired)
+		return STOCK_ENOENT; /* not for sale: created again first */
 	if ((!op->absolute && cur->doc.stock > STOCK_COUNT_MAX - op->n) ||
 	    cur->doc.version >= (uint64_t)INT64_MAX)
 		return STOCK_ERANGE;
@@ -174,7 +207,7 @@ lease_next(const struct mongo_op *op, const struct mongo_view *cur, struct mongo
 	l = mongo_view_lease(cur, op->host);
 	if (op->expect == NULL ? l != NULL : l == NULL || !mongo_lease_eq(l, op->expect))
 		return STOCK_ECONFLICT;
-	if ((op->d_stock < 0 && cur->doc.stock < (uint64_t)-op->d_stock) ||
+	if ((op->d_stock < 0 && (cur->retired || cur->doc.stock < (uint64_t)-op->d_stock)) ||
 	    (op->d_lost < 0 && cur->lost < (uint64_t)-op->d_lost))
 		return STOCK_ESOLDOUT;
 	if (cur->doc.version >= (uint64_t)INT64_MAX)
@@ -216,7 +249,7 @@ hold_next(const struct mongo_op *op, const struct mongo_view *cur, struct mongo_
 		return STOCK_ENOENT;
 	if (hold_find(cur, op->hold) < cur->nholds)
 		return STOCK_EEXIST;
-	if (cur->doc.stock < op->n)
+	if (cur->retired || cur->doc.stock < op->n)
 		return STOCK_ESOLDOUT;
 	if (cur->nholds == MONGO_HOLDS_MAX)
 		return STOCK_EBUSY;
@@ -254,10 +287,37 @@ unhold_next(const struct mongo_op *op, const struct mongo_view *cur, struct mong
 	return 0;
 }
 
+/* Create: a new document, or a retired one opened again; retire: closed at 0. */
+static int
+catalog_next(const struct mongo_op *op, const struct mongo_view *cur, struct mongo_view *next)
+{
+	if (cur == NULL) {
+		if (op->kind == MONGO_OP_RETIRE)
+			return STOCK_ENOENT;
+		next->doc.stock = op->n; /* as the native upsert creates it */
+		next->doc.sold = 0;
+		next->doc.version = 1;
+		next->retired = false;
+		return 0;
+	}
+	if (op->kind == MONGO_OP_CREATE && !cur->retired)
+		return STOCK_EEXIST;
+	if (cur->doc.version >= (uint64_t)INT64_MAX)
+		return STOCK_ERANGE;
+	*next = *cur;
+	next->doc.stock = op->kind == MONGO_OP_CREATE ? op->n : 0;
+	next->retired = op->kind == MONGO_OP_RETIRE;
+	next->doc.version++;
+	return 0;
+}
+
 int
 mongo_op_next(const struct mongo_op *op, const struct mongo_view *cur, struct mongo_view *next)
 {
 	switch (op->kind) {
+	case MONGO_OP_CREATE:
+	case MONGO_OP_RETIRE:
+		return catalog_next(op, cur, next);
 	case MONGO_OP_HOLD:
 		return hold_next(op, cur, next);
 	case MONGO_OP_UNHOLD:

@@ -14,7 +14,11 @@
  *   - mongo_adjust is an operator restock / correction;
  *   - mongo_lease_cas moves units between the pool and one instance's lease;
  *   - mongo_hold_take / mongo_hold_end move units between the pool and one
- *     hold's entry (holds.<hold id>: q), and from that entry to sold.
+ *     hold's entry (holds.<hold id>: q), and from that entry to sold;
+ *   - mongo_sku_create / mongo_sku_retire are the catalog at run time
+ *     (Admin PUT / DELETE): a retired document ({retired: true}) keeps its
+ *     sold count and leases, and refuses grants, holds and restocks until
+ *     it is created again.
  * Every round trip is bounded by opt->timeout_ms; retryWrites is off, so a
  * conditional update is never sent twice.
  *
@@ -88,6 +92,7 @@ struct mongo_view {
 		struct mongo_lease lease;
 	} leases[MONGO_LEASES_MAX];
 	uint64_t held; /* the sum of holds[].q: units out of the pool, held for holds */
+	bool retired;  /* Admin DELETE: not for sale until mongo_sku_create */
 	size_t nholds;
 	struct {
 		char id[MONGO_HOLD_ID_MAX + 1];
@@ -230,6 +235,28 @@ int mongo_hold_take(mongo_t *m, const char *sku, const char *id, uint64_t q,
  */
 int mongo_hold_end(mongo_t *m, const char *sku, const char *id, uint64_t q, uint64_t sell,
     struct mongo_view *after);
+
+/**
+ * mongo_sku_create - Admin PUT: insert {_id: sku, stock: n, sold: 0,
+ * version: 1}, or open a retired document again (stock = n, retired
+ * cleared, version + 1; sold, lost, leases and holds kept). Returns 0
+ * (@after, may be NULL: the document after), STOCK_EEXIST (a document that
+ * is not retired exists: nothing applied; @after: it), STOCK_ESYS (outcome
+ * unknown: calling again answers 0 or STOCK_EEXIST), STOCK_ECONFLICT,
+ * STOCK_ERANGE, STOCK_EINVAL.
+ */
+int mongo_sku_create(mongo_t *m, const char *sku, uint64_t n, struct mongo_view *after);
+
+/**
+ * mongo_sku_retire - Admin DELETE: stock = 0 and retired = true, version + 1
+ * (again on a retired one: idempotent but for the version). From then on
+ * grants (mongo_lease_cas with d_stock < 0), holds (mongo_hold_take) and
+ * restocks (mongo_adjust: STOCK_ENOENT) are refused; records, returns,
+ * reclaims and the end of holds still apply. Returns 0 (@after, may be
+ * NULL), STOCK_ENOENT (no document), STOCK_ESYS (unknown: calling again is
+ * safe), STOCK_ECONFLICT, STOCK_ERANGE, STOCK_EINVAL.
+ */
+int mongo_sku_retire(mongo_t *m, const char *sku, struct mongo_view *after);
 
 /* ---- idempotency keys (keys.c) ------------------------------------------ */
 

@@ -20,7 +20,10 @@
 #   7. isolation: the MongoDB server stopped (SIGSTOP) while one SKU needs
 #      refills and Db/Buy is hammered: another SKU with a lease keeps
 #      selling, the hammered ones get fast 503s, nothing hangs; resumed
-#      (SIGCONT): everything sells again, totals exact.
+#      (SIGCONT): everything sells again, totals exact;
+#   8-12. (see each scenario: restocks under load, the history, keys,
+#      holds and payments across instances);
+#   13. the run-time catalog (Admin PUT / DELETE Stock) across instances.
 # Without a MongoDB-compatible server or redis-server the whole file reports
 # itself SKIPPED, loudly; under CI=true that is a failure.
 #
@@ -202,11 +205,6 @@ for spec in "OneStock:Db /api/v1/OneStock/Db/Buy" \
 	check "sold out: $sku every instance answers 409" \
 		"[ \"\$(code POST 1 $path)\$(code POST 2 $path)\$(code POST 3 $path)\" = 409409409 ]"
 done
-# The run-time catalog is embedded-only in this version: a documented 501,
-# never a change (Holds and keys: scenario 11).
-co="$(code PUT 2 /api/v1/Admin/Stock/NEWSKU -H "Authorization: Bearer $TOKEN" -d '{"remaining":5}')"
-co="$co$(code DELETE 3 /api/v1/Admin/Stock/NVDA -H "Authorization: Bearer $TOKEN")"
-check "cluster mode: Admin PUT and DELETE Stock answer 501 not_supported ($co)" "[ '$co' = 501501 ]"
 stop_all
 for sku in OneStock:Atomic NVDA; do
 	check "after SIGTERM: $sku conserved (total $(total_of $sku) == $INITIAL), no lease held" \
@@ -795,8 +793,75 @@ kill "$PAY_PID" 2>/dev/null; wait "$PAY_PID" 2>/dev/null; PAY_PID=
 
 }
 
+# --- 13. the run-time catalog across instances -----------------------------------
+s13() {
+
+# Admin PUT on one instance creates a SKU that every instance sells (the
+# others hear of it on the bus, or find it at their poll); DELETE on another
+# cancels its live holds wherever they were made, and every instance stops
+# selling it, gives its lease back and keeps its sold count; a kill -9 and a
+# restart keep all of it; PUT opens it again.
+new_db
+for i in 1 2 3; do start $i --initial-stock 100 --record-ms 50; done
+adm() { code "$1" "$2" "/api/v1/Admin/Stock/$3" -H "Authorization: Bearer $TOKEN" "${@:4}"; }
+pk() { curl -s --max-time 10 "$(url "$1" "/api/v1/ManyStock/Cache/PeekFastAtomic/$2")" | jq -r "$3"; }
+buy() { code POST "$1" "/api/v1/ManyStock/Cache/BuyFastAtomic/$2"; }
+within() { # MS CONDITION-STRING: true when it held within MS ms; WAITED: ms it took
+	local t0 now; t0=$(date +%s%N)
+	while :; do
+		now=$(date +%s%N); WAITED=$(( (now - t0) / 1000000 ))
+		eval "$2" && return 0
+		[ $WAITED -ge "$1" ] && return 1
+		sleep 0.05
+	done
+}
+r="$(adm PUT 1 NEWSKU -d '{"remaining":20}') $(adm PUT 2 NEWSKU -d '{"remaining":5}')"
+r="$r $(adm PUT 1 OneStock:Db -d '{"remaining":5}') $(adm DELETE 2 GHOST) $(adm DELETE 3 OneStock:Lock)"
+check "catalog: PUT on 1 creates (201), on 2 again 409, a OneStock 409, DELETE unknown 404, a OneStock 409 ($r)" \
+	"[ '$r' = '201 409 409 404 409' ] && [ \"\$(field NEWSKU .stock)\" = 20 ] && [ \"\$(field NEWSKU .version)\" = 1 ]"
+seen=no
+within 5000 "[ \"\$(pk 2 NEWSKU .remaining)\" = 20 ] && [ \"\$(pk 3 NEWSKU .remaining)\" = 20 ]" && seen=yes
+check "catalog: 2 and 3 know the new SKU within 5 s ($seen, $WAITED ms)" "[ $seen = yes ]"
+r="$(buy 2 NEWSKU) $(buy 3 NEWSKU) $(buy 1 NEWSKU)"
+check "catalog: bought on each instance ($r)" "[ '$r' = '200 200 200' ]"
+st=$(curl -s -o "$TMP/ch" -w '%{http_code}' --max-time 10 -X POST -H 'Content-Type: application/json' \
+	-d '{"items":[{"sku":"NEWSKU","quantity":4},{"sku":"AMD","quantity":1}]}' "$(url 1 /api/v1/Holds)")
+id=$(jq -r .hold_id "$TMP/ch")
+check "catalog: a hold of NEWSKU 4 and AMD 1 on 1 ($st)" "[ $st = 201 ] && [ \"\$(holds_of NEWSKU)\" = 4 ]"
+r=$(adm DELETE 2 NEWSKU)
+hs=$(curl -s --max-time 10 "$(url 3 "/api/v1/Holds/$id")" | jq -r .status)
+check "catalog: DELETE on 2 ($r) cancelled the hold made on 1 ($hs): AMD back in its pool, no entry left" \
+	"[ '$r $hs' = '200 cancelled' ] && [ \"\$(holds_of NEWSKU)\" = 0 ] && [ \"\$(holds_of AMD)\" = 0 ] && [ \"\$(field AMD .stock)\" = 100 ] && [ \"\$(field NEWSKU .retired)\" = true ]"
+stopped=no
+within 5000 "[ \"\$(pk 1 NEWSKU .remaining)\$(pk 3 NEWSKU .remaining)\" = 00 ] && [ \"\$(held_of NEWSKU)\" = 0 ]" && stopped=yes
+check "catalog: 1 and 3 show 0 left and gave their leases back within 5 s ($stopped, $WAITED ms)" "[ $stopped = yes ]"
+r="$(buy 1 NEWSKU) $(buy 2 NEWSKU) $(buy 3 NEWSKU)"
+r="$r $(adm POST 1 NEWSKU -d '{"restock":5}') $(adm POST 3 NEWSKU -d '{"remaining":5}')"
+r="$r $(code POST 3 /api/v1/Holds -H 'Content-Type: application/json' -d '{"items":[{"sku":"NEWSKU","quantity":1}]}')"
+check "catalog: retired: buys 409 everywhere, restock and correction 404, a hold 409 ($r)" \
+	"[ '$r' = '409 409 409 404 404 409' ]"
+check "catalog: retired: the sold count stays (MongoDB $(field NEWSKU .sold), peek on 3 $(pk 3 NEWSKU .sold)) == 3" \
+	"[ \"\$(field NEWSKU .sold)\" = 3 ] && [ \"\$(pk 3 NEWSKU .sold)\" = 3 ]"
+kill9 3
+start 3 --initial-stock 100 --record-ms 50
+listed=$(curl -s --max-time 10 -H "Authorization: Bearer $TOKEN" "$(url 3 /api/v1/Admin/Stock)" | grep -c '"NEWSKU"' || true)
+r="$(buy 3 NEWSKU) $(pk 3 NEWSKU .remaining) $(pk 3 NEWSKU .sold)"
+check "catalog: 3 after kill -9 and restart: listed ($listed), refuses it, 0 left, sold 3 ($r)" \
+	"[ '$r' = '409 0 3' ] && [ $listed -ge 1 ]"
+r=$(adm PUT 3 NEWSKU -d '{"remaining":10}')
+seen=no
+within 5000 "[ \"\$(pk 1 NEWSKU .remaining)\$(pk 2 NEWSKU .remaining)\" = 1010 ]" && seen=yes
+check "catalog: PUT on 3 opens it again ($r); 1 and 2 see 10 within 5 s ($seen, $WAITED ms)" "[ '$r $seen' = '201 yes' ]"
+r="$(buy 1 NEWSKU) $(buy 2 NEWSKU) $(adm POST 2 NEWSKU -d '{"restock":5}')"
+check "catalog: reopened: bought on 1 and 2, restocked on 2 ($r)" "[ '$r' = '200 200 200' ]"
+stop_all
+check "catalog: after SIGTERM NEWSKU sold $(field NEWSKU .sold) == 5, stock $(field NEWSKU .stock) == 13, total $(total_of NEWSKU) == 18" \
+	"[ \"\$(field NEWSKU .sold)\" = 5 ] && [ \"\$(field NEWSKU .stock)\" = 13 ] && [ \"\$(total_of NEWSKU)\" = 18 ] && [ \"\$(held_of NEWSKU)\" = 0 ]"
+
+}
+
 # MULTI_ONLY="1 3" runs only those scenarios (default: all).
-for n in ${MULTI_ONLY:-1 2 3 4 5 6 7 8 9 10 11 12}; do "s$n"; done
+for n in ${MULTI_ONLY:-1 2 3 4 5 6 7 8 9 10 11 12 13}; do "s$n"; done
 
 echo "multi: $pass passed, $fail failed"
 if [ $fail -ne 0 ]; then

@@ -598,6 +598,77 @@ t_hold_entries(enum mongo_atomic_mode mode)
 }
 MONGO_MODES(hold_entries)
 
+/*
+ * The catalog at run time: create inserts or opens a retired document again
+ * (never a live one); retire closes it at 0 with sold, leases and holds
+ * kept, and from then on grants, holds and restocks are refused while
+ * records, returns and the end of holds still apply.
+ */
+static void
+t_sku_create_and_retire(enum mongo_atomic_mode mode)
+{
+	struct mfx x;
+	struct mongo_view v;
+	struct mongo_lease l = { .granted = 4, .expires_ms = 1 }, l2;
+
+	mfx_init_mode(&x, mode);
+	cr_assert_eq(mongo_sku_create(x.m, "cat", 10, &v), 0);
+	cr_expect_eq(v.doc.stock, 10);
+	cr_expect_eq(v.doc.sold, 0);
+	cr_expect_eq(v.doc.version, 1);
+	cr_expect(!v.retired);
+	cr_expect_eq(mongo_sku_create(x.m, "cat", 99, &v), STOCK_EEXIST, "a live one is not replaced");
+	cr_expect_eq(v.doc.stock, 10, "the refusal's state");
+	expect_doc(x.m, "cat", 10, 0, 1);
+	cr_assert_eq(mongo_take(x.m, "cat", 3, NULL), 0);
+	cr_assert_eq(mongo_lease_cas(x.m, "cat", "inst1", NULL, &l, -4, 0, 0, NULL), 0);
+	cr_assert_eq(mongo_hold_take(x.m, "cat", "h_1", 2, NULL), 0);
+	cr_expect_eq(mongo_sku_retire(x.m, "nope", NULL), STOCK_ENOENT);
+	cr_assert_eq(mongo_sku_retire(x.m, "cat", &v), 0);
+	cr_expect(v.retired);
+	cr_expect_eq(v.doc.stock, 0);
+	cr_expect_eq(v.doc.sold, 3, "sold is kept");
+	cr_expect_eq(v.held, 2, "holds are kept (the server cancels them)");
+	cr_expect_eq(v.nleases, 1, "leases are kept (their owners return them)");
+	cr_expect(view_of(x.m, "cat").retired, "stored");
+	/* Refused while retired: takes, grants, holds, restocks. */
+	cr_expect_eq(mongo_take(x.m, "cat", 1, NULL), STOCK_ESOLDOUT);
+	cr_expect_eq(mongo_adjust(x.m, "cat", false, 5, NULL), STOCK_ENOENT);
+	cr_expect_eq(mongo_adjust(x.m, "cat", true, 5, NULL), STOCK_ENOENT);
+	cr_expect(view_of(x.m, "cat").retired, "a refused restock does not reopen it");
+	cr_expect_eq(mongo_hold_take(x.m, "cat", "h_2", 1, NULL), STOCK_ESOLDOUT);
+	/* The lease sells 1 and returns 3: applies; then a grant does not. */
+	l2 = l;
+	l2.sold = 1;
+	l2.returned = 3;
+	cr_assert_eq(mongo_lease_cas(x.m, "cat", "inst1", &l, &l2, 3, 1, 0, &v), 0, "a return applies");
+	cr_expect_eq(v.doc.stock, 3);
+	cr_expect_eq(v.doc.sold, 4);
+	cr_expect_eq(mongo_take(x.m, "cat", 1, NULL), STOCK_ESOLDOUT, "stock 3, but retired");
+	l = l2;
+	l2.granted = 5;
+	cr_expect_eq(mongo_lease_cas(x.m, "cat", "inst1", &l, &l2, -1, 0, 0, NULL), STOCK_ESOLDOUT,
+	    "no grant from a retired document, although its stock is 3");
+	cr_assert_eq(mongo_hold_end(x.m, "cat", "h_1", 2, 0, &v), 0, "the end of a hold applies");
+	cr_expect_eq(v.doc.stock, 5);
+	cr_expect_eq(v.held, 0);
+	cr_assert_eq(mongo_sku_retire(x.m, "cat", &v), 0, "again: idempotent");
+	cr_expect_eq(v.doc.stock, 0);
+	/* Created again: new stock, the same sold; sells again. */
+	cr_assert_eq(mongo_sku_create(x.m, "cat", 7, &v), 0, "a retired one opens again");
+	cr_expect(!v.retired);
+	cr_expect_eq(v.doc.stock, 7);
+	cr_expect_eq(v.doc.sold, 4);
+	cr_assert_eq(mongo_take(x.m, "cat", 7, NULL), 0);
+	cr_assert_eq(mongo_adjust(x.m, "cat", false, 2, NULL), 0);
+	expect_doc(x.m, "cat", 2, 11, v.doc.version + 2);
+	cr_expect_eq(mongo_sku_create(x.m, "", 1, NULL), STOCK_EINVAL);
+	cr_expect_eq(mongo_sku_create(x.m, "cat2", STOCK_COUNT_MAX + 1, NULL), STOCK_EINVAL);
+	cr_expect_eq(mongo_sku_retire(NULL, "cat", NULL), STOCK_EINVAL);
+	mfx_fini(&x);
+}
+MONGO_MODES(sku_create_and_retire)
+
 #define HOLDERS 8
 #define HOLD_STOCK 40
 
