@@ -80,15 +80,17 @@ check() { # NAME CONDITION-STRING
 DB=
 new_db() { RUN=$((RUN + 1)); DB="stocktest_$$_$RUN"; }
 
-# start I [flags...]: instance I (host inst$I), data dir $TMP/$DB/iI, free port.
+# start I [flags...]: instance I (host inst$I), data dir $TMP/$DB/iI, free port;
+# NO_REDIS=1 start ...: without --redis.
 start() {
 	local i=$1; shift
-	local dir=$TMP/$DB/i$i
+	local dir=$TMP/$DB/i$i bus=(--redis "$STOCK_TEST_REDIS_URL")
+	[ -n "${NO_REDIS:-}" ] && bus=()
 	mkdir -p "$dir"
 	for _ in $(seq 1 20); do
 		PORT[$i]=$((12000 + RANDOM % 20000))
 		"$BIN" --listen "127.0.0.1:${PORT[$i]}" --data-dir "$dir" --threads 32 \
-			--mongo "$STOCK_TEST_MONGO_URI" --mongo-db "$DB" --redis "$STOCK_TEST_REDIS_URL" \
+			--mongo "$STOCK_TEST_MONGO_URI" --mongo-db "$DB" "${bus[@]}" \
 			--host-id "inst$i" "$@" 2>>"$TMP/inst$i.log" &
 		PID[$i]=$!
 		for _ in $(seq 1 200); do
@@ -854,6 +856,23 @@ within 5000 "[ \"\$(pk 1 NEWSKU .remaining)\$(pk 2 NEWSKU .remaining)\" = 1010 ]
 check "catalog: PUT on 3 opens it again ($r); 1 and 2 see 10 within 5 s ($seen, $WAITED ms)" "[ '$r $seen' = '201 yes' ]"
 r="$(buy 1 NEWSKU) $(buy 2 NEWSKU) $(adm POST 2 NEWSKU -d '{"restock":5}')"
 check "catalog: reopened: bought on 1 and 2, restocked on 2 ($r)" "[ '$r' = '200 200 200' ]"
+# Without Redis an instance finds a new SKU, and a retire, at its poll.
+stop 3
+NO_REDIS=1 start 3 --initial-stock 100 --record-ms 50 --poll-ms 300
+r=$(curl -s -o "$TMP/p1" -w '%{http_code}' --max-time 10 -X PUT -H "Authorization: Bearer $TOKEN" \
+	-H 'Idempotency-Key: put-k' -d '{"remaining":6}' "$(url 1 /api/v1/Admin/Stock/QUIET)")
+r="$r $(curl -s -o "$TMP/p2" -D "$TMP/p2.h" -w '%{http_code}' --max-time 10 -X PUT -H "Authorization: Bearer $TOKEN" \
+	-H 'Idempotency-Key: put-k' -d '{"remaining":6}' "$(url 2 /api/v1/Admin/Stock/QUIET)")"
+check "catalog: a keyed PUT on 1 replays on 2 byte for byte ($r), applied once (version $(field QUIET .version))" \
+	"[ '$r' = '201 201' ] && cmp -s $TMP/p1 $TMP/p2 && grep -qi '^Idempotent-Replayed: true' $TMP/p2.h && [ \"\$(field QUIET .version)\" = 1 ]"
+seen=no
+within 3000 "[ \"\$(buy 3 QUIET)\" = 200 ]" && seen=yes
+check "catalog: 3 (no Redis, --poll-ms 300) sells the new SKU within 3 s ($seen, $WAITED ms)" "[ $seen = yes ]"
+r=$(adm DELETE 1 QUIET)
+stopped=no
+within 3000 "[ \"\$(pk 3 QUIET .remaining)\" = 0 ] && [ \"\$(held_of QUIET)\" = 0 ]" && stopped=yes
+check "catalog: DELETE on 1 ($r): 3 (no Redis) stops and gives its lease back within 3 s ($stopped, $WAITED ms); buys 409 ($(buy 3 QUIET))" \
+	"[ '$r $stopped' = '200 yes' ] && [ \"\$(buy 3 QUIET)\" = 409 ] && [ \"\$(field QUIET .sold)\" = 1 ]"
 stop_all
 check "catalog: after SIGTERM NEWSKU sold $(field NEWSKU .sold) == 5, stock $(field NEWSKU .stock) == 13, total $(total_of NEWSKU) == 18" \
 	"[ \"\$(field NEWSKU .sold)\" = 5 ] && [ \"\$(field NEWSKU .stock)\" = 13 ] && [ \"\$(total_of NEWSKU)\" = 18 ] && [ \"\$(held_of NEWSKU)\" = 0 ]"
