@@ -882,6 +882,12 @@ check "catalog: after SIGTERM NEWSKU sold $(field NEWSKU .sold) == 5, stock $(fi
 # MULTI_ONLY="1 3" runs only those scenarios (default: all).
 for n in ${MULTI_ONLY:-1 2 3 4 5 6 7 8 9 10 11 12 13}; do "s$n"; done
 
+# Under the sanitizers any report in an instance's log is a failure.
+for i in 1 2 3; do
+	if grep -E -q 'WARNING: ThreadSanitizer|ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer' "$TMP/inst$i.log" 2>/dev/null; then
+		bad "sanitizer report in inst$i's log:"; grep -E -A20 'Sanitizer|runtime error' "$TMP/inst$i.log" | head -60
+	fi
+done
 echo "multi: $pass passed, $fail failed"
 if [ $fail -ne 0 ]; then
 	for i in 1 2 3; do echo "--- inst$i log (tail)"; tail -15 "$TMP/inst$i.log" 2>/dev/null; done
