@@ -25,11 +25,13 @@
 /* Decoding                                                                */
 /* ====================================================================== */
 
-/* Decode one lease sub-document; missing members are 0 / false. */
+/* Decode one lease sub-document; missing members are 0 / false, a repeated one is refused. */
 static bool
 lease_decode(bson_iter_t *it, struct mongo_lease *l, const char **why)
 {
+	static const char *const members[] = { "granted", "sold", "returned", "expires", "reclaimed" };
 	bson_iter_t sub;
+	unsigned seen = 0;
 
 	memset(l, 0, sizeof *l);
 	if (!BSON_ITER_HOLDS_DOCUMENT(it) || !bson_iter_recurse(it, &sub)) {
@@ -38,17 +40,27 @@ lease_decode(bson_iter_t *it, struct mongo_lease *l, const char **why)
 	}
 	while (bson_iter_next(&sub)) {
 		const char *key = bson_iter_key(&sub);
+		unsigned k = 0;
 		bool ok = true;
 
-		if (strcmp(key, "granted") == 0)
+		while (k < 5 && strcmp(key, members[k]) != 0)
+			k++;
+		if (k == 5)
+			continue; /* not ours: ignored */
+		if (seen & (1u << k)) {
+			*why = "a lease member is repeated";
+			return false;
+		}
+		seen |= 1u << k;
+		if (k == 0)
 			ok = doc_iter_count(&sub, STOCK_COUNT_MAX, &l->granted);
-		else if (strcmp(key, "sold") == 0)
+		else if (k == 1)
 			ok = doc_iter_count(&sub, STOCK_COUNT_MAX, &l->sold);
-		else if (strcmp(key, "returned") == 0)
+		else if (k == 2)
 			ok = doc_iter_count(&sub, STOCK_COUNT_MAX, &l->returned);
-		else if (strcmp(key, "expires") == 0)
+		else if (k == 3)
 			ok = doc_iter_int64(&sub, &l->expires_ms);
-		else if (strcmp(key, "reclaimed") == 0 && (ok = BSON_ITER_HOLDS_BOOL(&sub)))
+		else if ((ok = BSON_ITER_HOLDS_BOOL(&sub)))
 			l->reclaimed = bson_iter_bool(&sub);
 		if (!ok) {
 			*why = "a lease member is not an integer in range (or reclaimed not a bool)";
@@ -56,6 +68,22 @@ lease_decode(bson_iter_t *it, struct mongo_lease *l, const char **why)
 		}
 	}
 	return true;
+}
+
+/* Whether the key at @at, inside the sub-document at @parent, came before. */
+static bool
+key_repeated(const bson_iter_t *parent, bson_iter_t *at)
+{
+	const char *key = bson_iter_key(at);
+	uint32_t off = bson_iter_offset(at);
+	bson_iter_t scan;
+
+	if (!bson_iter_recurse(parent, &scan))
+		return false;
+	while (bson_iter_next(&scan) && bson_iter_offset(&scan) < off)
+		if (strcmp(bson_iter_key(&scan), key) == 0)
+			return true;
+	return false;
 }
 
 /* The leases sub-document into @v (at most MONGO_LEASES_MAX; see view_decode). */
@@ -80,6 +108,10 @@ leases_decode(struct mongo *m, bson_iter_t *it, struct mongo_view *v, bool *extr
 		}
 		if (!lease_decode(&ls, &l, why))
 			return false;
+		if (key_repeated(it, &ls)) {
+			*why = "a host has two leases";
+			return false;
+		}
 		if (v->nleases == MONGO_LEASES_MAX) {
 			*extra = true;
 			if (stock_gauge_get(&m->warned_leases) == 0) {
@@ -126,6 +158,11 @@ holds_decode(bson_iter_t *it, struct mongo_view *v, const char **why)
 			*why = "more than MONGO_HOLDS_MAX hold entries";
 			return false;
 		}
+		for (size_t i = 0; i < v->nholds; i++)
+			if (strcmp(v->holds[i].id, id) == 0) {
+				*why = "a hold entry is repeated";
+				return false;
+			}
 		memcpy(v->holds[v->nholds].id, id, n + 1);
 		v->holds[v->nholds++].q = q;
 		v->held += q;
@@ -133,14 +170,29 @@ holds_decode(bson_iter_t *it, struct mongo_view *v, const char **why)
 	return true;
 }
 
+/* Our top-level fields beyond the SKU document's own (their bits above SKU_DOC_F_*). */
+static const char *const view_fields[] = { "lost", "leases", "holds", "retired", "nholds" };
+#define VIEW_F_SHIFT 8
+_Static_assert((SKU_DOC_F_REQUIRED | SKU_DOC_F_HELD) < (1u << VIEW_F_SHIFT), "bits apart");
+
 /* One top-level field of a document: the SKU document's own (common/doc.h;
-   *@seen gets their bits), lost or leases. Unknown fields are ignored. */
+   *@seen gets their bits), lost, leases, holds or retired. Unknown fields are
+   ignored; a known one twice is refused (which of the two would be meant?). */
 static bool
 field_decode(struct mongo *m, bson_iter_t *it, bool want_id, struct mongo_view *v,
     unsigned *seen, bool *extra, const char **why)
 {
 	const char *key = bson_iter_key(it);
 
+	for (unsigned k = 0; k < sizeof view_fields / sizeof view_fields[0]; k++) {
+		if (strcmp(key, view_fields[k]) != 0)
+			continue;
+		if (*seen & (1u << (VIEW_F_SHIFT + k))) {
+			*why = "repeated field";
+			return false;
+		}
+		*seen |= 1u << (VIEW_F_SHIFT + k);
+	}
 	if (strcmp(key, "lost") == 0) {
 		*why = "lost is not an integer in range";
 		return doc_iter_count(it, STOCK_COUNT_MAX, &v->lost);
@@ -158,7 +210,7 @@ field_decode(struct mongo *m, bson_iter_t *it, bool want_id, struct mongo_view *
 	}
 	if (strcmp(key, "nholds") == 0)
 		return true; /* native's count of holds (native_query); the map is the truth */
-	return sku_doc_decode_field(it, want_id, false, &v->doc, seen, why);
+	return sku_doc_decode_field(it, want_id, true, &v->doc, seen, why);
 }
 
 bool
@@ -172,7 +224,9 @@ mongo_view_decode(struct mongo *m, const bson_t *b, const char *sku, struct mong
 	memset(v, 0, sizeof *v);
 	if (extra != NULL)
 		*extra = false;
-	if (!bson_iter_init(&it, b)) {
+	/* Whole before read: an iterator stops quietly at a damaged element,
+	   which would leave the fields after it unread. */
+	if (!bson_validate(b, BSON_VALIDATE_NONE, NULL) || !bson_iter_init(&it, b)) {
 		*why = "malformed BSON document";
 		return false;
 	}
@@ -186,7 +240,7 @@ mongo_view_decode(struct mongo *m, const bson_t *b, const char *sku, struct mong
 			return false;
 	if (extra != NULL)
 		*extra = more;
-	if (seen != 15) {
+	if ((seen & SKU_DOC_F_REQUIRED) != SKU_DOC_F_REQUIRED) {
 		*why = "document lacks _id, stock, sold or version";
 		return false;
 	}
