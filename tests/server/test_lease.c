@@ -14,7 +14,9 @@
  * ledger locking and validation; MongoDB going away (a TCP proxy) while a
  * refill is needed, and the fence that settles the unknown outcome; a reply
  * lost after the update was applied; a reclaim of a live lease; the
- * group commit of Db buys (batch.c) selling a document out exactly.
+ * group commit of Db buys (batch.c) selling a document out exactly; SKUs
+ * added at run time while buyers and peekers run, retired and opened again
+ * across two instances, until the ledger is full.
  *
  * Nothing decides an outcome by sleeping: waits poll a condition with a
  * generous limit. Without STOCK_TEST_MONGO_URI every test reports itself
@@ -36,6 +38,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <stock/latch.h>
 
 #include "cluster/batch.h"
 #include "cluster/lease.h"
@@ -457,6 +461,130 @@ Test(lease, two_hosts_sell_one_pool, .fini = t_end, .timeout = 180)
 	cr_expect_eq(v.lost, 0);
 	/* Grants shrink with the pool (at most 1/8 of it): little is left unsold. */
 	cr_expect_geq(total, 560, "only %llu of 600 sold", (unsigned long long)total);
+	mongo_close(a.mongo);
+	mongo_close(b.mongo);
+}
+
+/* ====================================================================== */
+/* The catalog at run time                                                 */
+/* ====================================================================== */
+
+/* Buyers of NVDA and peekers of the R* SKUs while entries are added. */
+struct adder_race {
+	struct inst *x;
+	struct stock_latch stop;
+	uint64_t bought, found;
+};
+
+static void *
+race_main(void *arg)
+{
+	struct adder_race *r = arg;
+	char sku[16];
+	unsigned i = 0;
+
+	while (!stock_latch_is_set(&r->stop)) {
+		struct lease_peek p;
+
+		if (lease_take(r->x->mgr, "NVDA", 1, NULL) == 0)
+			r->bought++;
+		snprintf(sku, sizeof sku, "R%u", i++ % 24);
+		if (lease_peek(r->x->mgr, sku, &p) == 0) {
+			cr_assert_eq(p.remaining, 10, "%s half seen: remaining %llu", sku,
+			    (unsigned long long)p.remaining);
+			r->found++;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * lease_add while buyers and peekers run (every entry they find is whole),
+ * the other instance adding the same SKUs at its poll; a retire seen by
+ * both (A learns it, B at its poll): no sale after it, leases given back;
+ * a reopen sells again; the ledger's 256 slots, then STOCK_ENOMEM.
+ */
+Test(lease, runtime_adds_and_retire, .fini = t_end, .timeout = 240)
+{
+	struct adder_race r[2];
+	pthread_t th[2];
+	struct lease_peek p;
+	struct mongo_view v;
+	struct inst a, b;
+	char sku[16];
+	uint64_t nvda = 0;
+	int added = 0, rc;
+
+	if (!t_begin("runtime_adds_and_retire"))
+		return;
+	t_inst(&a, "A", t_mongo(t.uri, 5000));
+	t_inst(&b, "B", t_mongo(t.uri, 5000));
+	a.opt.idle_ms = b.opt.idle_ms = 60000;
+	cr_assert_eq(mongo_seed(a.mongo, "NVDA", 100000), 0);
+	cr_assert_eq(t_open(&a, "NVDA"), 0);
+	cr_assert_eq(t_open(&b, "NVDA"), 0);
+	for (int i = 0; i < 2; i++) {
+		r[i] = (struct adder_race){ .x = &a };
+		stock_latch_init(&r[i].stop, false);
+		cr_assert_eq(pthread_create(&th[i], NULL, race_main, &r[i]), 0);
+	}
+	for (unsigned i = 0; i < 20; i++) {
+		snprintf(sku, sizeof sku, "R%u", i);
+		cr_assert_eq(mongo_sku_create(a.mongo, sku, 10, NULL), 0);
+		cr_assert_eq(lease_add(a.mgr, sku), 0, "add %s", sku);
+		cr_expect_eq(lease_add(a.mgr, sku), STOCK_EEXIST);
+	}
+	cr_expect_eq(lease_add(a.mgr, "NOSUCH"), STOCK_ENOENT, "no document: no entry");
+	for (int i = 0; i < 2; i++) {
+		stock_latch_set(&r[i].stop);
+		pthread_join(th[i], NULL);
+		nvda += r[i].bought;
+		stock_latch_destroy(&r[i].stop);
+	}
+	cr_expect_gt(r[0].found + r[1].found, 0, "the peekers never found a new SKU");
+	t_buy(&a, "R5", 1);
+	cr_assert(T_UNTIL(lease_peek(b.mgr, "R19", &p) == 0, 10000), "B never added R19 (poll)");
+	t_buy(&b, "R5", 1);
+
+	/* Retire R5: A stops at once; B at its next poll; both give their units back. */
+	cr_assert_eq(mongo_sku_retire(a.mongo, "R5", &v), 0);
+	lease_learn_view(a.mgr, &v);
+	cr_expect_eq(lease_take(a.mgr, "R5", 1, NULL), STOCK_ESOLDOUT);
+	cr_assert(T_UNTIL(lease_peek(b.mgr, "R5", &p) == 0 && p.remaining == 0, 10000));
+	cr_expect_eq(lease_take(b.mgr, "R5", 1, NULL), STOCK_ESOLDOUT);
+	cr_assert(T_UNTIL(t_held_is(a.mongo, "R5", "A", 0) && t_held_is(a.mongo, "R5", "B", 0) &&
+	        t_sold_is(a.mongo, "R5", 2), 10000), "the leases of R5 were not given back");
+	cr_expect_eq(mongo_adjust(a.mongo, "R5", false, 3, NULL), STOCK_ENOENT);
+	/* Open it again: both sell. */
+	cr_assert_eq(mongo_sku_create(a.mongo, "R5", 4, &v), 0);
+	lease_learn_view(a.mgr, &v);
+	t_buy(&a, "R5", 1);
+	cr_assert(T_UNTIL(lease_take(b.mgr, "R5", 1, NULL) == 0, 10000), "B never sold R5 again");
+
+	/* The ledger: NVDA and R0..R19 hold 21 of its 256 slots. */
+	for (unsigned i = 20; added == 0; i++) {
+		snprintf(sku, sizeof sku, "R%u", i);
+		cr_assert_eq(mongo_seed(a.mongo, sku, 1), 0);
+		rc = lease_add(a.mgr, sku);
+		if (rc == STOCK_ENOMEM) {
+			cr_expect_eq(i, 255, "full after %u slots", i + 1);
+			cr_expect(!lease_has_room(a.mgr, sku));
+			cr_expect(lease_has_room(a.mgr, "R7"), "a SKU with a slot has room");
+			added = 1;
+		} else {
+			cr_assert_eq(rc, 0, "add %s: %s", sku, stock_strerror(rc));
+			cr_assert_lt(i, 300, "the ledger never filled");
+		}
+	}
+	t_close(&a);
+	t_close(&b);
+	v = t_check(a.mongo, "NVDA", 100000);
+	cr_expect_eq(v.doc.sold, nvda, "NVDA sold %llu, acknowledged %llu",
+	    (unsigned long long)v.doc.sold, (unsigned long long)nvda);
+	v = t_view(a.mongo, "R5");
+	cr_expect_eq(v.doc.sold, 4);
+	cr_expect_eq(v.doc.stock, 2, "reopened with 4, 2 sold since");
+	cr_expect_eq(t_held(t_lease(&v, "A")) + t_held(t_lease(&v, "B")), 0);
 	mongo_close(a.mongo);
 	mongo_close(b.mongo);
 }
