@@ -773,7 +773,7 @@ reconcile(struct lease_mgr *m, struct lease_entry *e)
 	return reconcile_lease(m, e, l);
 }
 
-/* Undo entry_init: an entry never published, or at free. */
+/* Undo entry_build: an entry never published, or at free. */
 static void
 entry_destroy(struct lease_entry *e)
 {
