@@ -370,7 +370,7 @@ lease_peek(lease_mgr_t *m, const char *sku, struct lease_peek *out)
 	return 0;
 }
 
-void
+bool
 lease_offer(lease_mgr_t *m, const char *sku, uint64_t remaining, uint64_t sold, uint64_t version,
     bool publish)
 {
@@ -379,13 +379,14 @@ lease_offer(lease_mgr_t *m, const char *sku, uint64_t remaining, uint64_t sold, 
 		UINT64_MAX };
 
 	if (e == NULL)
-		return;
+		return false;
 	if (lease__cache_offer(&e->cache, &st)) {
 		if (!publish)
 			stock_stat_inc(&m->st.events_applied);
 		else if (m->opt.bus != NULL)
 			(void)bus_publish(m->opt.bus, sku, remaining, version);
 	}
+	return true;
 }
 
 static void tend_return(struct lease_mgr *m, struct lease_entry *e);
@@ -546,7 +547,7 @@ reread_if_told(struct lease_mgr *m, struct lease_entry *e)
 	struct stock_level l;
 	struct mongo_view v;
 
-	if (stock_gauge_get(&c->version) == stock_gauge_get(&c->retired_version))
+	if (stock_gauge_get(&c->version) == stock_gauge_get(&c->pool_version))
 		return;
 	stock_counter_read(e->ctr, &l);
 	if (!lease__retired(c) && stock_gauge_get(&c->remaining) >= l.remaining)
@@ -744,18 +745,12 @@ reconcile_lease(struct lease_mgr *m, struct lease_entry *e, const struct mongo_l
  * is settled the same way).
  */
 static int
-reconcile(struct lease_mgr *m, struct lease_entry *e)
+reconcile(struct lease_mgr *m, struct lease_entry *e, const struct mongo_view *v)
 {
 	const struct mongo_lease *l;
-	struct mongo_view v;
-	int rc;
 
-	if ((rc = mongo_view(m->opt.mongo, e->sku, &v)) != 0) {
-		log_error("lease", "%s: cannot read the document: %s", e->sku, stock_strerror(rc));
-		return rc;
-	}
-	lease__learn(m, e, &v, false);
-	if ((l = view_lease(&v, m->host)) == NULL) {
+	lease__learn(m, e, v, false);
+	if ((l = view_lease(v, m->host)) == NULL) {
 		if (e->slot->granted != 0 || ledger_sold(e->slot) != 0)
 			log_warn("lease", "%s: the ledger knows a lease MongoDB does not (another "
 			    "database?); starting a new ledger for it", e->sku);
@@ -874,9 +869,16 @@ entry_build(struct lease_mgr *m, const char *sku, struct stock_counter *ctr, boo
 			return STOCK_EINVAL;
 		}
 	}
-	/* At run time: no ledger slot for a name without a document. */
-	if (own && (rc = mongo_view(m->opt.mongo, sku, &v)) != 0)
+	/* Read first: no ledger slot for a name without a document (lease_add's
+	   callers say why they asked). A read-through SKU without one is a miss
+	   later. */
+	rc = mongo_view(m->opt.mongo, sku, &v);
+	if (rc != 0 && (ctr != NULL || own || rc != STOCK_ENOENT)) {
+		if (!own)
+			log_error("lease", "%s: cannot read the document: %s", sku,
+			    stock_strerror(rc));
 		return rc;
+	}
 	if (own && stock_counter_init(&e->own, STOCK_STRATEGY_ATOMIC, 0) != 0)
 		return STOCK_ENOMEM;
 	if (stock_version_init(&e->cache.seq) != 0) {
@@ -887,11 +889,10 @@ entry_build(struct lease_mgr *m, const char *sku, struct stock_counter *ctr, boo
 	pthread_mutex_init(&e->mu, NULL);
 	e->owns_ctr = own;
 	snprintf(e->sku, sizeof e->sku, "%s", sku);
-	if (ctr == NULL && !own) { /* read-through: a missing document is a miss later */
-		rc = mongo_view(m->opt.mongo, sku, &v);
+	if (ctr == NULL && !own) { /* read-through */
 		if (rc == 0)
 			lease__learn(m, e, &v, false);
-		rc = rc == STOCK_ENOENT ? 0 : rc;
+		rc = 0;
 		goto out;
 	}
 	if (stock_permits_init(&e->waiters, m->opt.waiters) != 0) {
@@ -905,7 +906,7 @@ entry_build(struct lease_mgr *m, const char *sku, struct stock_counter *ctr, boo
 		rc = STOCK_ENOMEM;
 		goto out;
 	}
-	rc = reconcile(m, e);
+	rc = reconcile(m, e, &v);
 out:
 	if (rc != 0)
 		entry_destroy(e);

@@ -156,9 +156,9 @@ int lease_peek(lease_mgr_t *m, const char *sku, struct lease_peek *out);
  * lease_offer - a newer document state learnt elsewhere (a Db buy, an admin
  * change, a bus event with @sold unknown = UINT64_MAX). Applied when
  * @version is higher than the cached one; republished on the bus when
- * @publish.
+ * @publish. Returns false when @sku has no entry (nothing applied).
  */
-void lease_offer(lease_mgr_t *m, const char *sku, uint64_t remaining, uint64_t sold,
+bool lease_offer(lease_mgr_t *m, const char *sku, uint64_t remaining, uint64_t sold,
     uint64_t version, bool publish);
 
 /**

@@ -31,10 +31,11 @@ struct peek_cache {
 	struct stock_gauge held;      /* units held for holds (holds.<id>), as last read */
 	struct stock_gauge version;   /* the document's version */
 	struct stock_gauge recorded;  /* leases.<host>.sold in the newest view of it */
-	struct stock_gauge pool;      /* the document's stock at pool_version */
+	/* From the newest whole read (a leased SKU's: our round trips, the
+	   poll), at pool_version: */
+	struct stock_gauge pool;      /* the document's stock */
+	struct stock_gauge retired;   /* 1: retired (Admin DELETE) */
 	struct stock_gauge pool_version;
-	struct stock_gauge retired;   /* 1: the newest whole read says retired (Admin DELETE) */
-	struct stock_gauge retired_version; /* the version of that read */
 };
 
 /* An update whose outcome is unknown (docs: "Unknown outcomes"). */
@@ -141,9 +142,9 @@ view_lease(const struct mongo_view *v, const char *host)
 struct cache_state {
 	uint64_t remaining, sold, version;
 	uint64_t recorded; /* our lease's sold in it */
-	uint64_t pool;     /* its stock (leased SKUs) */
+	uint64_t pool;     /* its stock (leased SKUs' whole reads) */
 	uint64_t held;     /* units held for holds (bus events: not known) */
-	uint64_t retired;  /* 1 or 0 (bus events: not known, UINT64_MAX) */
+	uint64_t retired;  /* 1 or 0, with pool */
 };
 
 /** lease__cache_offer - offer @st to @c (see lease_update.c). True when it was newer. */

@@ -95,15 +95,13 @@ lease__cache_offer(struct peek_cache *c, const struct cache_state *st)
 	}
 	if (st->recorded != UINT64_MAX && st->recorded > stock_gauge_get(&c->recorded))
 		stock_gauge_set(&c->recorded, st->recorded);
+	/* Only a whole read knows the pool and the retired flag; a bus event
+	   about a newer version leaves them as they were (tend re-reads when
+	   the two disagree). */
 	if (st->pool != UINT64_MAX && st->version >= stock_gauge_get(&c->pool_version)) {
 		stock_gauge_set(&c->pool, st->pool);
-		stock_gauge_set(&c->pool_version, st->version);
-	}
-	/* Only a whole read knows; a bus event about a newer version leaves
-	   the flag as it was (tend re-reads when they disagree). */
-	if (st->retired != UINT64_MAX && st->version >= stock_gauge_get(&c->retired_version)) {
 		stock_gauge_set(&c->retired, st->retired);
-		stock_gauge_set(&c->retired_version, st->version);
+		stock_gauge_set(&c->pool_version, st->version);
 	}
 	stock_version_write_unlock(&c->seq);
 	return newer;
@@ -135,7 +133,9 @@ lease__learn(struct lease_mgr *m, struct lease_entry *e, const struct mongo_view
 {
 	const struct mongo_lease *ours = view_lease(v, m->host);
 	struct cache_state st = {
-		.remaining = v->retired ? 0 : view_remaining(v), .sold = v->doc.sold, .version = v->doc.version,
+		.remaining = v->retired ? 0 : view_remaining(v), /* also on the bus */
+		.sold = v->doc.sold,
+		.version = v->doc.version,
 		.recorded = ours != NULL ? ours->sold : UINT64_MAX,
 		.pool = e->leased ? v->doc.stock : UINT64_MAX,
 		.held = v->held,

@@ -186,12 +186,12 @@ ledger_close(struct ledger *l)
 	free(l);
 }
 
-struct ledger_slot *
-ledger_slot(struct ledger *l, const char *sku)
+/* @sku's slot, else the first free one (not claimed), else NULL: the ledger is full. */
+static struct ledger_slot *
+slot_of(struct ledger *l, const char *sku)
 {
 	struct ledger_slot *free_slot = NULL;
 
-	ASSERT(stock_sku_valid(sku, strlen(sku)));
 	for (size_t i = 0; i < LEDGER_SLOTS; i++) {
 		struct ledger_slot *s = &l->f->slot[i];
 
@@ -202,20 +202,26 @@ ledger_slot(struct ledger *l, const char *sku)
 			return s;
 		}
 	}
-	if (free_slot != NULL) {
-		memset(free_slot, 0, sizeof *free_slot);
-		snprintf(free_slot->sku, sizeof free_slot->sku, "%s", sku);
-	}
 	return free_slot;
+}
+
+struct ledger_slot *
+ledger_slot(struct ledger *l, const char *sku)
+{
+	struct ledger_slot *s;
+
+	ASSERT(stock_sku_valid(sku, strlen(sku)));
+	if ((s = slot_of(l, sku)) != NULL && s->sku[0] == '\0') {
+		memset(s, 0, sizeof *s);
+		snprintf(s->sku, sizeof s->sku, "%s", sku);
+	}
+	return s;
 }
 
 bool
 ledger_has_room(struct ledger *l, const char *sku)
 {
-	for (size_t i = 0; i < LEDGER_SLOTS; i++)
-		if (l->f->slot[i].sku[0] == '\0' || strcmp(l->f->slot[i].sku, sku) == 0)
-			return true;
-	return false;
+	return slot_of(l, sku) != NULL;
 }
 
 /* Raw atomic 1 of 3: the buy path's add, in the shared page (see the top). */

@@ -53,7 +53,7 @@ void ledger_close(struct ledger *l);
  */
 struct ledger_slot *ledger_slot(struct ledger *l, const char *sku);
 
-/** ledger_has_room - whether ledger_slot(@l, @sku) would find a slot. Same rules as ledger_slot. */
+/** ledger_has_room - whether ledger_slot(@l, @sku) would find (or claim) a slot. */
 bool ledger_has_room(struct ledger *l, const char *sku);
 
 /** ledger_add_sold - add @n units sold to @s (one atomic add). Thread-safe. */

@@ -383,14 +383,16 @@ cluster_sku_create(inventory_t *inv, const char *sku, uint64_t remaining,
 		rc = STOCK_ESYS;
 	if (rc != 0)
 		return rc;
+	/* The others learn of it now, not at their poll: opened again, our
+	   entry learns it and publishes; new, it is published here. */
 	rc = lease_add(c->leases, sku);
-	if (rc == STOCK_EEXIST) /* opened again: our entry learns it */
+	if (rc == STOCK_EEXIST)
 		lease_learn_view(c->leases, &v);
-	else if (rc != 0)
+	else if (c->bus != NULL)
+		(void)bus_publish(c->bus, sku, v.doc.stock, v.doc.version);
+	if (rc != 0 && rc != STOCK_EEXIST)
 		log_warn("admin", "%s created, but not sold here yet (%s): the poll adds it", sku,
 		    stock_strerror(rc));
-	if (c->bus != NULL) /* the others learn of it now, not at their poll */
-		(void)bus_publish(c->bus, sku, v.doc.stock, v.doc.version);
 	if (lease_peek(c->leases, sku, &p) == 0 && p.version >= v.doc.version) {
 		peek_level(&p, &out->level);
 	} else {
@@ -435,7 +437,7 @@ cluster_sku_retire(inventory_t *inv, const char *sku, struct idem_answer *ans,
 		else
 			kept++;
 	}
-	(void)lease_refresh(c->leases, sku);
+	/* Every write above taught the cache its document: no re-read. */
 	if (lease_peek(c->leases, sku, &p) == 0) {
 		peek_level(&p, &out->level);
 	} else {
@@ -627,14 +629,10 @@ bus_receive(const struct bus_event *ev, void *arg)
 
 	if (stock_drain_enter(&c->bus_users) != 0)
 		return; /* closing */
-	if (stock_latch_is_set(&c->leases_ready)) {
-		struct lease_peek p;
-
-		if (lease_peek(c->leases, ev->key, &p) == 0)
-			lease_offer(c->leases, ev->key, ev->value, UINT64_MAX, ev->version, false);
-		else if (!catalog_is_one(ev->key))
-			lease_discover(c->leases); /* created elsewhere: the poll adds it */
-	}
+	if (stock_latch_is_set(&c->leases_ready) &&
+	    !lease_offer(c->leases, ev->key, ev->value, UINT64_MAX, ev->version, false) &&
+	    !catalog_is_one(ev->key))
+		lease_discover(c->leases); /* created elsewhere: the poll adds it */
 	stock_drain_leave(&c->bus_users);
 }
 

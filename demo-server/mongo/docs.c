@@ -171,7 +171,8 @@ holds_decode(bson_iter_t *it, struct mongo_view *v, const char **why)
 }
 
 /* Our top-level fields beyond the SKU document's own (their bits above SKU_DOC_F_*). */
-static const char *const view_fields[] = { "lost", "leases", "holds", "retired", "nholds" };
+enum view_field { VF_LOST, VF_LEASES, VF_HOLDS, VF_RETIRED, VF_NHOLDS, VF_NONE };
+static const char *const view_fields[VF_NONE] = { "lost", "leases", "holds", "retired", "nholds" };
 #define VIEW_F_SHIFT 8
 _Static_assert((SKU_DOC_F_REQUIRED | SKU_DOC_F_HELD) < (1u << VIEW_F_SHIFT), "bits apart");
 
@@ -183,34 +184,36 @@ field_decode(struct mongo *m, bson_iter_t *it, bool want_id, struct mongo_view *
     unsigned *seen, bool *extra, const char **why)
 {
 	const char *key = bson_iter_key(it);
+	unsigned k = 0;
 
-	for (unsigned k = 0; k < sizeof view_fields / sizeof view_fields[0]; k++) {
-		if (strcmp(key, view_fields[k]) != 0)
-			continue;
-		if (*seen & (1u << (VIEW_F_SHIFT + k))) {
-			*why = "repeated field";
-			return false;
-		}
-		*seen |= 1u << (VIEW_F_SHIFT + k);
+	while (k < VF_NONE && strcmp(key, view_fields[k]) != 0)
+		k++;
+	if (k == VF_NONE)
+		return sku_doc_decode_field(it, want_id, true, &v->doc, seen, why);
+	if (*seen & (1u << (VIEW_F_SHIFT + k))) {
+		*why = "repeated field";
+		return false;
 	}
-	if (strcmp(key, "lost") == 0) {
+	*seen |= 1u << (VIEW_F_SHIFT + k);
+	switch ((enum view_field)k) {
+	case VF_LOST:
 		*why = "lost is not an integer in range";
 		return doc_iter_count(it, STOCK_COUNT_MAX, &v->lost);
-	}
-	if (strcmp(key, "leases") == 0)
+	case VF_LEASES:
 		return leases_decode(m, it, v, extra, why);
-	if (strcmp(key, "holds") == 0)
+	case VF_HOLDS:
 		return holds_decode(it, v, why);
-	if (strcmp(key, "retired") == 0) {
+	case VF_RETIRED:
 		*why = "retired is not a bool";
 		if (!BSON_ITER_HOLDS_BOOL(it))
 			return false;
 		v->retired = bson_iter_bool(it);
 		return true;
+	case VF_NHOLDS:
+	case VF_NONE:
+		break;
 	}
-	if (strcmp(key, "nholds") == 0)
-		return true; /* native's count of holds (native_query); the map is the truth */
-	return sku_doc_decode_field(it, want_id, true, &v->doc, seen, why);
+	return true; /* nholds: native's count of holds (native_query); the map is the truth */
 }
 
 bool
