@@ -9,9 +9,10 @@
 # With three instances the driver also restocks every SKU (Admin/Stock,
 # +10..30% of the initial stock, from one instance while all keep buying)
 # each time it sold out, -restocks times; porcupine then checks every SKU
-# across the instances: Db strictly, the lease-backed ones with the lease
-# slack of docs/server.md, restocks stretched by B (HISTORY_STALE, the
-# staleness bound of a 409, default 1000ms), unknown outcomes either way.
+# across the instances: Db strictly, a 409 naming a state at most B old
+# (HISTORY_STALE, the staleness bound of a 409, default 1000ms), the
+# lease-backed ones with the lease slack of docs/server.md and restocks
+# stretched by B, unknown outcomes either way.
 #
 #   1. the checker's own unit tests on synthetic histories (go test);
 #   2. one instance, embedded store, temp data dir, ephemeral port;
