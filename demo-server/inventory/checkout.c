@@ -41,7 +41,6 @@ id_random(uint8_t r[16])
 		left = sizeof pool;
 	}
 	memcpy(r, pool + sizeof pool - left, 16);
-	memset(pool + sizeof pool - left, 0, 16); /* handed out once */
 	left -= 16;
 	return true;
 }

@@ -604,11 +604,12 @@ func counterModel(start int64, remMode int) porcupine.Model {
 }
 
 // linearizable: @rs the buys, @rst the restocks of one partition, @slack
-// the 409 slack of each buy (nil: 0), @stale how old the state a 409 names
-// may be (its call is moved back by that much: "sold out as of a version
-// at most @stale old"), @what how the model is described in the line.
+// the 409 slack of each buy (nil: 0), @stale409 where the staleness bound B
+// goes: to the 409s (true: a 409's call moves back by B, "sold out as of a
+// version at most B old") or to the restocks (false: a restock's effect may
+// land up to B after its end), @what how the model is described in the line.
 func (c *checker) linearizable(name string, rs, rst []rec, start int64, remMode int, slack func(rec) int64,
-	stale int64, what string) {
+	stale409 bool, what string) {
 	var ops []porcupine.Operation
 	for _, r := range rs {
 		in := linIn{Q: r.op.Qty}
@@ -616,8 +617,8 @@ func (c *checker) linearizable(name string, rs, rst []rec, start int64, remMode 
 			in.Slack = slack(r)
 		}
 		o := porcupine.Operation{ClientId: r.op.Client, Input: in, Call: r.op.Start, Return: r.op.End}
-		if r.kind == kSoldOut && stale > 0 {
-			o.Call -= stale
+		if r.kind == kSoldOut && stale409 {
+			o.Call -= c.p.StaleNs
 		}
 		out := linOut{Kind: r.kind}
 		if r.kind == kOK {
@@ -634,7 +635,7 @@ func (c *checker) linearizable(name string, rs, rst []rec, start int64, remMode 
 			Return: r.op.End, Output: linOut{Kind: r.kind}}
 		switch r.kind {
 		case kOK:
-			if stale == 0 { // the lag is the restock's; else the 409s carry it
+			if !stale409 {
 				o.Return = r.op.End + c.p.StaleNs
 			}
 		case kUnknown:
@@ -646,12 +647,12 @@ func (c *checker) linearizable(name string, rs, rst []rec, start int64, remMode 
 		c.add(name, true, "no requests")
 		return
 	}
-	if len(rst) > 0 && stale == 0 {
+	if len(rst) > 0 && !stale409 {
 		what += fmt.Sprintf(", %d restocks each adding n between its call and its end + B (%v)", len(rst),
 			time.Duration(c.p.StaleNs))
 	} else if len(rst) > 0 {
 		what += fmt.Sprintf(", %d restocks each adding n between its call and its end, B %v", len(rst),
-			time.Duration(stale))
+			time.Duration(c.p.StaleNs))
 	}
 	t0 := time.Now()
 	res, info := porcupine.CheckOperationsVerbose(counterModel(start, remMode), ops, time.Duration(c.p.LinearTimeout))
@@ -795,7 +796,7 @@ func (c *checker) single() {
 	for _, sku := range c.skus() {
 		for e, ed := range per[sku] {
 			c.linearizable(fmt.Sprintf("linearizable: %s epoch %d", sku, e), ed.rs, nil, v(ed.begin.Remaining),
-				c.remMode(false, false), nil, 0, "")
+				c.remMode(false, false), nil, false, "")
 		}
 	}
 	for _, sku := range c.skus() {
@@ -961,7 +962,7 @@ func (c *checker) multi() {
 		rs := c.recs[sku]
 		c.units("units: "+sku+" (all instances)", rs, 0, I+rAll(sku))
 		c.linearizable("linearizable: "+sku+" (all instances)", rs, c.rst[sku], I,
-			c.remMode(false, len(c.rst[sku]) > 0), nil, B,
+			c.remMode(false, len(c.rst[sku]) > 0), nil, true,
 			", strict (409 needs state < q at a point of [its call - B, its end]: sold out as of a version at most B old)")
 		c.soldOut409("409: "+sku+" (all instances)", rs, startOf(sku), func(rec) int64 { return 0 })
 		d := c.h.Docs[sku]
@@ -1025,7 +1026,7 @@ func (c *checker) multi() {
 		slack := c.leaseSlack(sku, rs, d)
 		if reclaimable {
 			c.linearizable("linearizable: "+sku+" (all instances)", rs, c.rst[sku], I, remIgnore,
-				func(rec) int64 { return math.MaxInt64 / 4 }, 0,
+				func(rec) int64 { return math.MaxInt64 / 4 }, false,
 				fmt.Sprintf(", 409s not checked: an instance was down %.1f s, its lease may have been reclaimed",
 					float64(down)/1e9))
 			c.add("409: "+sku+" (all instances)", true, "not checked: an instance was down %.1f s, its lease may "+
@@ -1040,7 +1041,7 @@ func (c *checker) multi() {
 				}
 			}
 		}
-		c.linearizable("linearizable: "+sku+" (all instances)", rs, c.rst[sku], I, remIgnore, slack, 0,
+		c.linearizable("linearizable: "+sku+" (all instances)", rs, c.rst[sku], I, remIgnore, slack, false,
 			fmt.Sprintf(", global (pool + leases); 409(q) on i iff state < q + S, S = (q-1) + sum_{j != i} "+
 				"min(H(t) (x2 if j was killed or back < B before), granted_j - j's 200s done before it), "+
 				"H(t) = %d + 2*ceil(restocked by t/8) (largest S %d)", c.p.LeaseHoldMax, maxS))
