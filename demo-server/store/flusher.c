@@ -129,7 +129,10 @@ batch_committed(struct store *s, uint32_t batch_no)
 	s->last_batch_n = n;
 	s->backoff_ns = 0;
 	s->backoff_until = 0;
-	if (s->opt.snapshot_every > 0 && s->since_snap >= s->opt.snapshot_every && !s->snap_req) {
+	/* At least as many records as the last snapshot wrote: a snapshot's
+	   cost, O(live records), is paid at most once per journal record. */
+	if (s->opt.snapshot_every > 0 && s->since_snap >= s->opt.snapshot_every &&
+	    s->since_snap >= s->snap_live && !s->snap_req) {
 		s->snap_req = true;
 		pthread_cond_signal(&s->snap_cv);
 	}
@@ -259,6 +262,16 @@ batch_free_losers(struct store *s, size_t n)
 	}
 }
 
+/* batch_free_losers while a copy of the index is pinned (mu held): kept until the last unpin. */
+static void
+batch_retire_losers(struct store *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		store__kv_retire(&s->kvx, s->batch.meta[i].kv);
+		s->batch.meta[i].kv = NULL;
+	}
+}
+
 /* Swap in the journal a snapshot prepared (mu held, no batch in flight). */
 static void
 flusher_rotate(struct store *s)
@@ -277,15 +290,18 @@ flusher_rotate(struct store *s)
 		/* Copy the indexes without mu: only this thread changes them
 		   (batches are applied here, and the snapshot's purge waits for
 		   this switch), so they stay as of the switch while appenders go
-		   on queueing; readers only read. Marking tombstones writes a
-		   field only the snapshot's purge reads. */
+		   on queueing; readers only read. The keyed index is copied as
+		   its slot array (pointers), pinned below: the snapshot thread
+		   reads the entries, and marks the tombstones, after the switch. */
 		pthread_mutex_unlock(&s->mu);
 		rc = doc_index_copy(&s->idx, &s->rot_docs, &s->rot_n);
-		if (rc == 0 && (rc = store__kv_copy(&s->kvx, NULL, 0, s->rot_gen, &s->rot_kv)) != 0) {
+		if (rc == 0 && (rc = store__kv_copy_slots(&s->kvx, &s->rot_kv)) != 0) {
 			free(s->rot_docs);
 			s->rot_docs = NULL;
 		}
 		pthread_mutex_lock(&s->mu);
+		if (rc == 0)
+			store__kv_pin(&s->kvx); /* until the snapshot is written */
 	}
 	if (rc != 0) {
 		s->rot_err = rc;
@@ -436,8 +452,10 @@ flusher_commit_one(struct store *s)
 	s->st.fsyncs += fsyncs;
 	s->batch_busy = false;
 	complete_batch(s, rc, batch_no);
-	pthread_mutex_unlock(&s->mu);
 	n = s->batch.n;
+	if (s->kvx.pins > 0)
+		batch_retire_losers(s, n); /* a copy may point at them */
+	pthread_mutex_unlock(&s->mu);
 	wake_batch(s, rc);
 	batch_free_losers(s, n);
 	pthread_mutex_lock(&s->mu);

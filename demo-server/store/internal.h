@@ -205,6 +205,7 @@ bool store__rec_journal_parse(const char *name, uint64_t *gen);
 struct kv_entry {
 	uint64_t version;
 	uint64_t purge_gen; /* a tombstone the snapshot of this generation dropped */
+	struct kv_entry *next_dead; /* out of the index while a copy was pinned (kv_index.dead) */
 	uint32_t key_len;
 	uint32_t value_len; /* 0: a tombstone */
 	uint8_t data[];     /* key bytes, then value bytes */
@@ -233,12 +234,18 @@ struct kv_index {
 	size_t cap, n;
 	size_t live;             /* entries that are not tombstones */
 	uint64_t seed;
+	unsigned pins;           /* copies in use: entries leaving the index wait in dead */
+	struct kv_entry *dead;   /* list (next_dead) freed when the last pin goes */
 };
 
-/* A packed copy of keyed records: entries back to back, each KV_ENTRY_SIZE. */
+/*
+ * Pointers to entries of the index as of one moment (store__kv_copy,
+ * store__kv_copy_slots), valid while the copy is pinned: an entry the index
+ * drops meanwhile is kept until the last pin goes (store__kv_retire).
+ */
 struct kv_copy {
-	uint8_t *block;
-	size_t n, bytes;
+	const struct kv_entry **e;
+	size_t n, cap;
 };
 
 #define KV_ENTRY_SIZE(klen, vlen) \
@@ -291,7 +298,11 @@ struct store {
 	uint64_t rot_gen;
 	struct sku_doc *rot_docs;
 	size_t rot_n;
-	struct kv_copy rot_kv; /* live keyed records as of the switch */
+	struct kv_copy rot_kv; /* the keyed index's slots as of the switch (pinned
+	                          until the snapshot is written); kept between
+	                          snapshots so a rotation takes no page fault */
+	uint64_t snap_live;   /* records the last snapshot wrote: the next one waits
+	                          for at least as many journal records */
 	bool snap_req, snap_stop;
 	pthread_cond_t snap_cv;
 	bool repaired;        /* open skipped damage: snapshot at once */
@@ -359,16 +370,40 @@ int store__kv_apply_copy(struct kv_index *x, const char *key, size_t key_len, ui
 const struct kv_entry *store__kv_find(const struct kv_index *x, const char *key, size_t key_len);
 
 /**
- * A packed copy of the live entries whose key starts with @prefix[0..@plen)
- * into *@out (the caller frees out->block). @mark_gen != 0: also mark every
- * tombstone with it for store__kv_purge (the snapshot's rotation). 0 or
- * STOCK_ENOMEM.
+ * Pointers to the live entries whose key starts with @prefix[0..@plen) into
+ * *@out (grown as needed; store__kv_copy_free). The caller pins the index
+ * (store__kv_pin) before it drops the lock that guards it. 0 or STOCK_ENOMEM.
  */
-int store__kv_copy(struct kv_index *x, const char *prefix, size_t plen, uint64_t mark_gen,
-    struct kv_copy *out);
+int store__kv_copy(const struct kv_index *x, const char *prefix, size_t plen, struct kv_copy *out);
 
-/** The next entry of a packed copy after @e (NULL: the first); NULL after the last. */
-const struct kv_entry *store__kv_copy_next(const struct kv_copy *c, const struct kv_entry *e);
+/**
+ * The index's slots as they are, NULLs and tombstones included, into *@out
+ * (grown to x->cap if needed): a memcpy, no entry is read, so a snapshot's
+ * rotation stalls the flusher for as little as it can. 0 or STOCK_ENOMEM.
+ */
+int store__kv_copy_slots(const struct kv_index *x, struct kv_copy *out);
+
+/** Make room for @cap pointers in @c and touch it (so a later copy takes no page fault). */
+int store__kv_copy_reserve(struct kv_copy *c, size_t cap);
+
+/** Free @c's array. */
+void store__kv_copy_free(struct kv_copy *c);
+
+/** One more copy in use (under the lock that guards @x). */
+void store__kv_pin(struct kv_index *x);
+
+/**
+ * One copy fewer (under the lock). When it was the last: the entries kept
+ * for the copies, as a list for store__kv_free_list (outside the lock);
+ * else NULL.
+ */
+struct kv_entry *store__kv_unpin(struct kv_index *x);
+
+/** Free an entry that left the index now, or when the last pin goes (under the lock). */
+void store__kv_retire(struct kv_index *x, struct kv_entry *e);
+
+/** Free a list store__kv_unpin returned. */
+void store__kv_free_list(struct kv_entry *e);
 
 /**
  * Drop the tombstones marked with @gen (the snapshot that left them out is

@@ -390,19 +390,30 @@ store_kv_get(store_t *s, const char *key, size_t key_len, uint8_t *buf, size_t c
 int
 store_kv_foreach(store_t *s, const char *prefix, size_t plen, store_kv_fn fn, void *arg)
 {
-	struct kv_copy c;
-	const struct kv_entry *e = NULL;
+	struct kv_copy c = { NULL, 0, 0 };
+	struct kv_entry *dead;
+	bool pinned;
 	int rc;
 
 	if (s == NULL || fn == NULL || (prefix == NULL && plen > 0) || plen > STORE_KEY_MAX)
 		return STOCK_EINVAL;
 	pthread_mutex_lock(&s->mu);
-	rc = store__kv_copy(&s->kvx, prefix, plen, 0, &c);
+	if ((pinned = (rc = store__kv_copy(&s->kvx, prefix, plen, &c)) == 0))
+		store__kv_pin(&s->kvx); /* @fn may commit: what it replaces stays readable */
 	pthread_mutex_unlock(&s->mu);
-	while (rc == 0 && (e = store__kv_copy_next(&c, e)) != NULL)
+	for (size_t i = 0; rc == 0 && i < c.n; i++) {
+		const struct kv_entry *e = c.e[i];
+
 		rc = fn(store__kv_key(e), e->key_len, e->version, e->data + e->key_len,
 		    e->value_len, arg);
-	free(c.block);
+	}
+	if (pinned) {
+		pthread_mutex_lock(&s->mu);
+		dead = store__kv_unpin(&s->kvx);
+		pthread_mutex_unlock(&s->mu);
+		store__kv_free_list(dead);
+	}
+	store__kv_copy_free(&c);
 	return rc;
 }
 
@@ -451,7 +462,7 @@ store_free(struct store *s)
 	free(s->idx.slots);
 	store__kv_free(&s->kvx);
 	free(s->rot_docs);
-	free(s->rot_kv.block);
+	store__kv_copy_free(&s->rot_kv);
 	free(s->dir);
 	pthread_cond_destroy(&s->work_cv);
 	pthread_cond_destroy(&s->done_cv);
@@ -576,9 +587,14 @@ store_open(store_t **out, const struct store_options *opt, char *err, size_t err
 			store_free(s);
 		return rc;
 	}
-	if ((rc = store__recover_lock(s, err, errlen)) != 0 ||
-	    (rc = store__recover_load(s, err, errlen)) != 0 ||
-	    (rc = store_start_threads(s, err, errlen)) != 0) {
+	if ((rc = store__recover_lock(s, err, errlen)) == 0 &&
+	    (rc = store__recover_load(s, err, errlen)) == 0) {
+		/* What a snapshot written now would hold: the first automatic
+		   one waits for as many journal records (snapshot_every at least). */
+		s->snap_live = s->idx.n + s->kvx.live;
+		rc = store_start_threads(s, err, errlen);
+	}
+	if (rc != 0) {
 		store_free(s);
 		return rc;
 	}

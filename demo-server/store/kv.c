@@ -6,8 +6,10 @@
  * tie: tombstone, then longer value, then bytewise larger value), so the
  * result does not depend on the order records are applied in. The hash is
  * seeded per store: keys (idempotency keys) may be chosen by clients.
- * Packed copies serve store_kv_foreach and snapshots; tombstones a durable
- * snapshot left out are purged. Nothing here does I/O.
+ * Copies of entry pointers serve store_kv_foreach and snapshots: while one
+ * is pinned, an entry the index drops is kept on a list instead of freed, so
+ * the copy stays readable without the lock. Tombstones a durable snapshot
+ * left out are purged. Nothing here does I/O.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +46,7 @@ store__kv_entry_new(const char *key, size_t key_len, uint64_t version, const uin
 		return NULL;
 	e->version = version;
 	e->purge_gen = 0;
+	e->next_dead = NULL;
 	e->key_len = (uint32_t)key_len;
 	e->value_len = (uint32_t)value_len;
 	memcpy(e->data, key, key_len);
@@ -161,7 +164,7 @@ store__kv_apply_keep(struct kv_index *x, struct kv_entry *e)
 void
 store__kv_apply(struct kv_index *x, struct kv_entry *e)
 {
-	free(store__kv_apply_keep(x, e));
+	store__kv_retire(x, store__kv_apply_keep(x, e));
 }
 
 int
@@ -194,53 +197,97 @@ kv_match(const struct kv_entry *e, const char *prefix, size_t plen)
 }
 
 int
-store__kv_copy(struct kv_index *x, const char *prefix, size_t plen, uint64_t mark_gen,
-    struct kv_copy *out)
+store__kv_copy_reserve(struct kv_copy *c, size_t cap)
 {
-	size_t i, bytes = 0, n = 0, off = 0;
+	const struct kv_entry **e;
 
-	memset(out, 0, sizeof *out);
-	for (i = 0; i < x->cap; i++) {
-		struct kv_entry *e = x->slots[i];
-
-		if (e != NULL && kv_match(e, prefix, plen)) {
-			bytes += KV_ENTRY_SIZE(e->key_len, e->value_len);
-			n++;
-		}
-	}
-	if (n > 0 && (out->block = malloc(bytes)) == NULL)
+	if (cap <= c->cap)
+		return 0;
+	if ((e = realloc(c->e, cap * sizeof *e)) == NULL)
 		return STOCK_ENOMEM;
-	for (i = 0; i < x->cap; i++) {
-		struct kv_entry *e = x->slots[i];
-		size_t sz;
-
-		if (e == NULL)
-			continue;
-		if (e->value_len == 0 && mark_gen != 0)
-			e->purge_gen = mark_gen;
-		if (!kv_match(e, prefix, plen))
-			continue;
-		sz = KV_ENTRY_SIZE(e->key_len, e->value_len);
-		ASSERT(off + sz <= bytes); /* the index did not change under mu */
-		memcpy(out->block + off, e, sizeof *e + e->key_len + e->value_len);
-		off += sz;
-	}
-	ASSERT(off == bytes);
-	out->n = n;
-	out->bytes = bytes;
+	memset(e + c->cap, 0, (cap - c->cap) * sizeof *e);
+	c->e = e;
+	c->cap = cap;
 	return 0;
 }
 
-const struct kv_entry *
-store__kv_copy_next(const struct kv_copy *c, const struct kv_entry *e)
+int
+store__kv_copy(const struct kv_index *x, const char *prefix, size_t plen, struct kv_copy *out)
 {
-	size_t off = 0;
+	size_t i, n = 0;
 
-	if (e != NULL)
-		off = (size_t)((const uint8_t *)e - c->block) + KV_ENTRY_SIZE(e->key_len, e->value_len);
-	if (off >= c->bytes)
+	for (i = 0; i < x->cap; i++)
+		n += x->slots[i] != NULL && kv_match(x->slots[i], prefix, plen);
+	if (store__kv_copy_reserve(out, n) != 0)
+		return STOCK_ENOMEM;
+	out->n = 0;
+	for (i = 0; i < x->cap; i++)
+		if (x->slots[i] != NULL && kv_match(x->slots[i], prefix, plen))
+			out->e[out->n++] = x->slots[i];
+	ASSERT(out->n == n); /* the index did not change under its lock */
+	return 0;
+}
+
+int
+store__kv_copy_slots(const struct kv_index *x, struct kv_copy *out)
+{
+	if (store__kv_copy_reserve(out, x->cap) != 0)
+		return STOCK_ENOMEM;
+	if (x->cap > 0)
+		memcpy(out->e, x->slots, x->cap * sizeof *x->slots);
+	out->n = x->cap;
+	return 0;
+}
+
+void
+store__kv_copy_free(struct kv_copy *c)
+{
+	free(c->e);
+	memset(c, 0, sizeof *c);
+}
+
+void
+store__kv_pin(struct kv_index *x)
+{
+	x->pins++;
+	ASSERT(x->pins != 0);
+}
+
+struct kv_entry *
+store__kv_unpin(struct kv_index *x)
+{
+	struct kv_entry *dead;
+
+	ASSERT(x->pins > 0);
+	if (--x->pins > 0)
 		return NULL;
-	return (const struct kv_entry *)(c->block + off);
+	dead = x->dead;
+	x->dead = NULL;
+	return dead;
+}
+
+void
+store__kv_retire(struct kv_index *x, struct kv_entry *e)
+{
+	if (e == NULL)
+		return;
+	if (x->pins == 0) {
+		free(e);
+		return;
+	}
+	e->next_dead = x->dead;
+	x->dead = e;
+}
+
+void
+store__kv_free_list(struct kv_entry *e)
+{
+	while (e != NULL) {
+		struct kv_entry *next = e->next_dead;
+
+		free(e);
+		e = next;
+	}
 }
 
 void
@@ -258,6 +305,7 @@ store__kv_purge(struct kv_index *x, uint64_t gen)
 void
 store__kv_free(struct kv_index *x)
 {
+	ASSERT(x->pins == 0); /* no copy outlives the index */
 	for (size_t i = 0; i < x->cap; i++)
 		free(x->slots[i]);
 	free(x->slots);

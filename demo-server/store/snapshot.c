@@ -59,21 +59,44 @@ snap_room(struct snap_writer *w)
 }
 
 /*
+ * The live keyed records of the rotation's slot copy, counted; each
+ * tombstone in it is marked @gen, for store__kv_purge once the snapshot is
+ * durable (only the snapshot thread reads or writes purge_gen).
+ */
+static size_t
+snap_count_live(const struct kv_copy *kv, uint64_t gen)
+{
+	size_t live = 0;
+
+	for (size_t i = 0; i < kv->n; i++) {
+		struct kv_entry *e = (struct kv_entry *)kv->e[i];
+
+		if (e == NULL)
+			continue;
+		if (e->value_len == 0)
+			e->purge_gen = gen;
+		else
+			live++;
+	}
+	return live;
+}
+
+/*
  * Header record, then one record per document, then one per live keyed
- * record, all batch 1, END on the last. Format version 1 when there is no
- * keyed record (as before they existed), else 2.
+ * record (@live of them in @kv's slots), all batch 1, END on the last.
+ * Format version 1 when there is no keyed record (as before they existed),
+ * else 2.
  */
 static void
 snap_encode_all(struct snap_writer *w, const struct sku_doc *docs, size_t n,
-    const struct kv_copy *kv, uint64_t gen)
+    const struct kv_copy *kv, size_t live, uint64_t gen)
 {
-	const struct kv_entry *e = NULL;
-	size_t total = n + kv->n, k = 0, i;
+	size_t total = n + live, k = 0, i;
 	uint32_t bcrc;
 	int len;
 
 	len = store__rec_snap_meta_encode(w->buf,
-	    kv->n > 0 ? SNAP_FORMAT_VERSION : SNAP_FORMAT_VERSION_DOCS, gen, total, &bcrc);
+	    live > 0 ? SNAP_FORMAT_VERSION : SNAP_FORMAT_VERSION_DOCS, gen, total, &bcrc);
 	if (len < 0) {
 		snap_fail(w, "encode", ENOMEM);
 		return;
@@ -91,11 +114,15 @@ snap_encode_all(struct snap_writer *w, const struct sku_doc *docs, size_t n,
 		store__rec_seal(w->buf + w->used, bcrc, 1, k + 1 == total ? REC_FLAG_END : 0);
 		w->used += (size_t)len;
 	}
-	while ((e = store__kv_copy_next(kv, e)) != NULL) {
-		struct store_kv r = { store__kv_key(e), e->key_len, e->version,
-			e->data + e->key_len, e->value_len };
+	for (i = 0; i < kv->n; i++) {
+		const struct kv_entry *e = kv->e[i];
+		struct store_kv r;
 
-		ASSERT(e->value_len != 0 && k < total); /* live records only */
+		if (e == NULL || e->value_len == 0)
+			continue;
+		ASSERT(k < total); /* the slots did not change: the copy is pinned */
+		r = (struct store_kv){ store__kv_key(e), e->key_len, e->version,
+			e->data + e->key_len, e->value_len };
 		if (!snap_room(w))
 			return;
 		len = store__rec_encode_kv(&r, w->buf + w->used, &bcrc);
@@ -134,7 +161,7 @@ snap_publish(struct snap_writer *w)
 /* Write @docs and @kv as snapshot.bson: temp file, fdatasync, rename, directory fsync. */
 static int
 snapshot_write(struct store *s, const struct sku_doc *docs, size_t n, const struct kv_copy *kv,
-    uint64_t gen)
+    size_t live, uint64_t gen)
 {
 	struct snap_writer *w;
 	int rc;
@@ -150,7 +177,7 @@ snapshot_write(struct store *s, const struct sku_doc *docs, size_t n, const stru
 	if (w->fd < 0)
 		snap_fail(w, "create", errno);
 	if (w->what == NULL)
-		snap_encode_all(w, docs, n, kv, gen);
+		snap_encode_all(w, docs, n, kv, live, gen);
 	if (w->what == NULL)
 		snap_publish(w);
 	if (w->fd >= 0)
@@ -193,8 +220,7 @@ snap_new_journal(struct store *s, uint64_t gen)
  * both) and the old journal is closed; on failure @fd is closed and removed.
  */
 static int
-snap_rotate(struct store *s, int fd, uint64_t gen, struct sku_doc **docs, size_t *n,
-    struct kv_copy *kv)
+snap_rotate(struct store *s, int fd, uint64_t gen, struct sku_doc **docs, size_t *n)
 {
 	int old_fd, rc;
 
@@ -221,10 +247,8 @@ snap_rotate(struct store *s, int fd, uint64_t gen, struct sku_doc **docs, size_t
 	ASSERT(s->gen == gen && s->jfd == fd && s->rot_old_fd >= 0);
 	*docs = s->rot_docs;
 	*n = s->rot_n;
-	*kv = s->rot_kv;
 	old_fd = s->rot_old_fd;
 	s->rot_docs = NULL;
-	memset(&s->rot_kv, 0, sizeof s->rot_kv);
 	s->rot_old_fd = -1;
 	s->rot = ROT_NONE;
 	pthread_mutex_unlock(&s->mu);
@@ -252,8 +276,8 @@ int
 store__snap_run(struct store *s, bool force)
 {
 	struct sku_doc *docs = NULL;
-	struct kv_copy kv = { NULL, 0, 0 };
-	size_t n = 0;
+	struct kv_entry *dead = NULL;
+	size_t n = 0, live = 0, slots;
 	uint64_t gen_new;
 	int fd, rc;
 
@@ -265,14 +289,23 @@ store__snap_run(struct store *s, bool force)
 		return 0;
 	}
 	gen_new = s->gen + 1;
+	slots = s->kvx.cap;
 	pthread_mutex_unlock(&s->mu);
+	/* The rotation copies the slots into rot_kv (only this thread and the
+	   rotation it asks for touch it, snap_mu held): room made here, page
+	   faults included, is room the flusher does not stall for. Best effort:
+	   without it the flusher allocates. */
+	(void)store__kv_copy_reserve(&s->rot_kv, slots + slots / 4);
 
 	if ((fd = snap_new_journal(s, gen_new)) < 0)
 		rc = STOCK_ESYS;
-	else if ((rc = snap_rotate(s, fd, gen_new, &docs, &n, &kv)) == 0) {
-		rc = snapshot_write(s, docs, n, &kv, gen_new);
+	else if ((rc = snap_rotate(s, fd, gen_new, &docs, &n)) == 0) {
+		live = snap_count_live(&s->rot_kv, gen_new);
+		rc = snapshot_write(s, docs, n, &s->rot_kv, live, gen_new);
 		free(docs);
-		free(kv.block);
+		pthread_mutex_lock(&s->mu);
+		dead = store__kv_unpin(&s->kvx); /* the rotation pinned it */
+		pthread_mutex_unlock(&s->mu);
 	}
 	if (rc == 0)
 		snap_drop_journals(s, gen_new);
@@ -281,12 +314,14 @@ store__snap_run(struct store *s, bool force)
 		/* The tombstones the rotation saw are in no file any more. */
 		store__kv_purge(&s->kvx, gen_new);
 		s->have_snapshot = true;
+		s->snap_live = n + live;
 		s->st.snapshots++;
 	} else {
 		s->st.snapshot_failures++;
 	}
 	pthread_mutex_unlock(&s->mu);
 	pthread_mutex_unlock(&s->snap_mu);
+	store__kv_free_list(dead);
 	return rc;
 }
 
