@@ -85,23 +85,93 @@ store__rec_encode(const struct sku_doc *doc, uint8_t *rec, uint32_t *bson_crc)
 	return rec_frame(rec, REC_DOC_ENC_MAX, &b, ok, STOCK_EINVAL, bson_crc);
 }
 
+/*
+ * @s[0..@n) is UTF-8 without NUL. ASCII, the common case, is checked eight
+ * bytes at a time; from the first other byte on, libbson decides (a valid
+ * prefix of ASCII characters ends on a character boundary).
+ */
+static bool
+utf8_valid(const char *s, size_t n)
+{
+	const uint64_t high = 0x8080808080808080ULL, ones = 0x0101010101010101ULL;
+	size_t i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		uint64_t w;
+
+		memcpy(&w, s + i, 8);
+		if ((w & high) != 0 || ((w - ones) & ~w & high) != 0)
+			break; /* a byte >= 0x80, or a NUL */
+	}
+	for (; i < n; i++) {
+		if (s[i] == '\0')
+			return false;
+		if ((unsigned char)s[i] >= 0x80)
+			return bson_utf8_validate(s + i, n - i, false);
+	}
+	return true;
+}
+
 /* @s[0..@n) is a key: 1..STORE_KEY_MAX bytes of UTF-8 without NUL. */
 static bool
 key_valid(const char *s, size_t n)
 {
-	return s != NULL && n > 0 && n <= STORE_KEY_MAX && memchr(s, 0, n) == NULL &&
-	    bson_utf8_validate(s, n, false);
+	return s != NULL && n > 0 && n <= STORE_KEY_MAX && utf8_valid(s, n);
 }
 
-/* @p[0..@n) is a value: one whole BSON document of 5..STORE_VALUE_MAX bytes. */
+#define VALUE_DEPTH_MAX 32 /* nesting of documents and arrays in a value */
+
+/*
+ * Every element @it has left is well formed: keys and strings UTF-8 without
+ * NUL, documents and arrays recursively so, no type that carries code or a
+ * legacy string (symbol, code, code with scope, regex, DBPointer: nothing
+ * here writes them). bson_iter_next checks each element's bounds and type;
+ * it stops with err_off set on the first bad one.
+ */
+static bool
+elements_valid(bson_iter_t *it, int depth)
+{
+	while (bson_iter_next(it)) {
+		bson_iter_t child;
+		uint32_t len;
+		const char *str;
+
+		if (!utf8_valid(bson_iter_key(it), bson_iter_key_len(it)))
+			return false;
+		switch (bson_iter_type(it)) {
+		case BSON_TYPE_UTF8:
+			str = bson_iter_utf8(it, &len);
+			if (str == NULL || !utf8_valid(str, len))
+				return false;
+			break;
+		case BSON_TYPE_DOCUMENT:
+		case BSON_TYPE_ARRAY:
+			if (depth >= VALUE_DEPTH_MAX || !bson_iter_recurse(it, &child) ||
+			    !elements_valid(&child, depth + 1))
+				return false;
+			break;
+		case BSON_TYPE_SYMBOL:
+		case BSON_TYPE_CODE:
+		case BSON_TYPE_CODEWSCOPE:
+		case BSON_TYPE_REGEX:
+		case BSON_TYPE_DBPOINTER:
+			return false;
+		default:
+			break;
+		}
+	}
+	return it->err_off == 0;
+}
+
+/* @p[0..@n) is a value: one whole BSON document of 5..STORE_VALUE_MAX bytes (elements_valid). */
 static bool
 value_valid(const uint8_t *p, size_t n)
 {
 	bson_t b;
-	size_t eoff;
+	bson_iter_t it;
 
 	return n >= REC_MIN_BSON && n <= STORE_VALUE_MAX && bson_init_static(&b, p, n) &&
-	    bson_validate(&b, BSON_VALIDATE_UTF8, &eoff);
+	    bson_iter_init(&it, &b) && elements_valid(&it, 0);
 }
 
 int

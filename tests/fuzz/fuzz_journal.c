@@ -25,8 +25,8 @@
  *      sold, held, version) of a record that is in the files with a valid
  *      checksum: recovery never makes up a state. Every recovered keyed
  *      record (store_kv_foreach) has a key of 1..STORE_KEY_MAX bytes of
- *      UTF-8 without NUL, unique, a value that is a valid BSON document of
- *      5..STORE_VALUE_MAX bytes, store_kv_get returns the same, and it is
+ *      UTF-8 without NUL, unique, a valid value (docs/store.md: one that
+ *      bson_validate accepts, and more), store_kv_get returns the same, and it is
  *      (key, version, value) of a keyed record in the files.
  *   3. Max version wins, checked against a reference reader written here
  *      from docs/store.md (own CRC-32C, own framing and batch rules, own
@@ -199,14 +199,44 @@ ref_key(const char *s, uint32_t n)
 	    bson_utf8_validate(s, n, false);
 }
 
+/* docs/store.md's valid value, element by element (with bson_iter; depth counted from 0). */
+static bool
+ref_elements(bson_iter_t *it, int depth)
+{
+	while (bson_iter_next(it)) {
+		bson_type_t t = bson_iter_type(it);
+		bson_iter_t child;
+
+		if (!bson_utf8_validate(bson_iter_key(it), bson_iter_key_len(it), false))
+			return false;
+		if (t == BSON_TYPE_SYMBOL || t == BSON_TYPE_CODE || t == BSON_TYPE_CODEWSCOPE ||
+		    t == BSON_TYPE_REGEX || t == BSON_TYPE_DBPOINTER)
+			return false;
+		if (t == BSON_TYPE_UTF8) {
+			uint32_t len;
+			const char *v = bson_iter_utf8(it, &len);
+
+			if (!bson_utf8_validate(v, len, false))
+				return false;
+		}
+		if ((t == BSON_TYPE_DOCUMENT || t == BSON_TYPE_ARRAY) &&
+		    (depth >= 32 || !bson_iter_recurse(it, &child) || !ref_elements(&child, depth + 1)))
+			return false;
+	}
+	return it->err_off == 0;
+}
+
+/* A valid value: libbson's own validation, and docs/store.md's rule on top. */
 static bool
 ref_value(const uint8_t *p, uint32_t n)
 {
 	bson_t b;
+	bson_iter_t it;
 	size_t eoff;
 
 	return n >= MIN_BSON && n <= STORE_VALUE_MAX && bson_init_static(&b, p, n) &&
-	    bson_validate(&b, BSON_VALIDATE_UTF8, &eoff);
+	    bson_validate(&b, BSON_VALIDATE_UTF8, &eoff) && bson_iter_init(&it, &b) &&
+	    ref_elements(&it, 0);
 }
 
 /*

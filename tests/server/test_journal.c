@@ -2184,6 +2184,22 @@ Test(kv, bad_records_are_refused_and_nothing_is_written)
 	kv[0].value = raw;
 	kv[0].value_len = v.len;
 	BAD(st, NULL, 0, kv, 1, true);
+	/* Keys are UTF-8 too (libbson 1.23's bson_validate lets this through). */
+	{
+		bson_t odd;
+
+		bson_init(&odd);
+		bson_append_int64(&odd, "bad-\xff", 5, 1);
+		kv[0] = mkkv("k", 1, &odd);
+		BAD(st, NULL, 0, kv, 1, true);
+		bson_destroy(&odd);
+		/* A legacy type that carries a string: nothing writes one. */
+		bson_init(&odd);
+		bson_append_regex(&odd, "r", 1, "^a", "i");
+		kv[0] = mkkv("k", 1, &odd);
+		BAD(st, NULL, 0, kv, 1, true);
+		bson_destroy(&odd);
+	}
 	/* One byte over the value limit. */
 	bigbuf = calloc(1, STORE_VALUE_MAX + 1);
 	bson_init(&big);
