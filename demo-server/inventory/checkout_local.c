@@ -277,8 +277,9 @@ static void
 undo_change(struct checkout_book *b, struct stock_counter **ctr, const struct checkout_item *it,
     size_t n, const char *buyer, bool sold, const struct idem_answer *ans)
 {
-	struct commit undo = { 0 };
+	struct commit undo;
 
+	commit_init(&undo);
 	for (size_t i = 0; i < n; i++)
 		ASSERT((sold ? stock_counter_put(ctr[i], it[i].quantity) :
 		    stock_counter_release(ctr[i], it[i].quantity)) == 0);
@@ -297,10 +298,11 @@ checkout_local_hold(inventory_t *inv, const struct checkout_req *req, struct ide
 	struct stock_counter *ctr[CHECKOUT_ITEMS_MAX];
 	struct stock_table_section sec;
 	struct durable_pass pass;
-	struct commit c = { 0 };
+	struct commit c;
 	struct hold *h;
 	int rc;
 
+	commit_init(&c);
 	memset(out, 0, sizeof *out);
 	out->refused = -1;
 	ASSERT(req->n >= 1 && req->n <= CHECKOUT_ITEMS_MAX);
@@ -519,10 +521,11 @@ checkout_local_confirm(inventory_t *inv, const char *id, size_t len,
 	uint64_t sell[CHECKOUT_ITEMS_MAX];
 	struct stock_table_section sec;
 	struct durable_pass pass;
-	struct commit c = { 0 };
+	struct commit c;
 	struct hold *h;
 	int rc;
 
+	commit_init(&c);
 	memset(out, 0, sizeof *out);
 	out->refused = -1;
 	pthread_mutex_lock(&b->mu);
@@ -585,10 +588,11 @@ checkout_local_cancel(inventory_t *inv, const char *id, size_t len, struct idem_
 	uint64_t sell[CHECKOUT_ITEMS_MAX] = { 0 };
 	struct stock_table_section sec;
 	struct durable_pass pass;
-	struct commit c = { 0 };
+	struct commit c;
 	struct hold *h;
 	int rc;
 
+	commit_init(&c);
 	memset(out, 0, sizeof *out);
 	out->refused = -1;
 	if ((rc = durable_enter(&l->guard, &pass)) != 0)
@@ -632,9 +636,10 @@ checkout_local_order(inventory_t *inv, const struct checkout_req *req, struct id
 	struct stock_counter *ctr[CHECKOUT_ITEMS_MAX];
 	struct stock_table_section sec;
 	struct durable_pass pass;
-	struct commit c = { 0 };
+	struct commit c;
 	int rc;
 
+	commit_init(&c);
 	memset(out, 0, sizeof *out);
 	out->refused = -1;
 	if ((rc = durable_enter(&l->guard, &pass)) != 0)
@@ -682,9 +687,10 @@ checkout_local_buy_as(inventory_t *inv, const char *sku, uint64_t n, const char 
 	struct stock_counter *ctr;
 	struct stock_table_section sec;
 	struct durable_pass pass;
-	struct commit c = { 0 };
+	struct commit c;
 	int rc;
 
+	commit_init(&c);
 	memset(out, 0, sizeof *out);
 	out->refused = -1;
 	snprintf(req.items[0].sku, sizeof req.items[0].sku, "%s", sku);
@@ -745,12 +751,13 @@ checkout_local_sku_create(inventory_t *inv, const char *sku, uint64_t remaining,
 	struct local *l = to_local(inv);
 	struct checkout_book *b = l->co;
 	struct stock_table_section sec;
-	struct commit c = { 0 };
+	struct commit c;
 	struct stock_counter *ctr;
 	struct retired *r;
 	size_t len = strlen(sku);
 	int rc;
 
+	commit_init(&c);
 	memset(out, 0, sizeof *out);
 	out->refused = -1;
 	if (catalog_is_one(sku))
@@ -860,17 +867,19 @@ checkout_local_sku_retire(inventory_t *inv, const char *sku, struct idem_answer 
 	/* Release its live holds, one commit each (each hold's records are
 	   its own unit), then the SKU itself, at 0, and the marker. */
 	do {
-		struct commit c = { 0 };
+		struct commit c;
 		struct retire_ctx x = { l, sku, &c, 0 };
 
+		commit_init(&c);
 		more = smap_foreach(&b->holds, retire_hold, &x);
 		holds += x.released;
 		if ((rc = record_queue(l, &c, NULL)) != 0)
 			goto out;
 	} while (more);
 	{
-		struct commit c = { 0 };
+		struct commit c;
 
+		commit_init(&c);
 		ASSERT(stock_counter_set(ctr, 0) == 0);
 		record_sku(l, &c, ctr, sku);
 		out->level.remaining = c.docs[0].stock;
@@ -907,10 +916,11 @@ checkout_local_adjust_as(inventory_t *inv, const char *sku, bool absolute, uint6
 	struct local *l = to_local(inv);
 	struct checkout_book *b = l->co;
 	struct stock_table_section sec;
-	struct commit c = { 0 };
+	struct commit c;
 	struct stock_counter *ctr;
 	int rc;
 
+	commit_init(&c);
 	memset(out, 0, sizeof *out);
 	out->refused = -1;
 	if (stock_table_read_begin(l->many, &sec) != 0)
@@ -999,10 +1009,11 @@ checkout_local_idem_finish(inventory_t *inv, const char *key, size_t klen, int s
 {
 	struct local *l = to_local(inv);
 	struct checkout_book *b = l->co;
-	struct commit c = { 0 };
+	struct commit c;
 	struct idem *e;
 	int rc;
 
+	commit_init(&c);
 	pthread_mutex_lock(&b->mu);
 	e = idem_find(b, key, klen);
 	ASSERT(e != NULL && !e->done);
@@ -1115,9 +1126,10 @@ expiry_main(void *arg)
 			pthread_mutex_lock(&b->mu);
 			n = stock_wheel_poll(&b->wheel, stock_now_ns(), due, 64);
 			for (size_t i = 0; i < n; i++) {
-				struct commit c = { 0 };
+				struct commit c;
 				int kind = *(int *)due[i]->arg;
 
+				commit_init(&c);
 				if (kind == OBJ_HOLD)
 					hold_timer(l, due[i]->arg, &c);
 				else

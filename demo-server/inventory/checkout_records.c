@@ -283,9 +283,10 @@ load_hold(struct local *l, const char *id, size_t idlen, uint64_t version, const
     size_t vlen, int64_t now)
 {
 	struct checkout_book *b = l->co;
-	struct commit c = { 0 };
+	struct commit c;
 	struct hold *h = parse_hold(id, idlen, version, val, vlen);
 
+	commit_init(&c);
 	if (h == NULL)
 		return -1;
 	if (h->status == HOLD_HELD) {
