@@ -49,6 +49,36 @@ buf_append(struct buf *b, const void *p, size_t n)
 }
 
 void
+buf_str(struct buf *b, const char *s)
+{
+	buf_append(b, s, strlen(s));
+}
+
+void
+buf_u64(struct buf *b, uint64_t v)
+{
+	char d[20]; /* UINT64_MAX has 20 digits */
+	size_t i = sizeof d;
+
+	do {
+		d[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v != 0);
+	buf_append(b, d + i, sizeof d - i);
+}
+
+void
+buf_i64(struct buf *b, int64_t v)
+{
+	if (v < 0) {
+		buf_append(b, "-", 1);
+		buf_u64(b, (uint64_t)0 - (uint64_t)v); /* INT64_MIN too */
+		return;
+	}
+	buf_u64(b, (uint64_t)v);
+}
+
+void
 buf_printf(struct buf *b, const char *fmt, ...)
 {
 	va_list ap;

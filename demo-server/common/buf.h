@@ -27,6 +27,15 @@ struct buf {
 /** buf_append - add @n bytes. On allocation failure sets failed (and adds nothing more). */
 void buf_append(struct buf *b, const void *p, size_t n);
 
+/** buf_str - add the C string @s (without its NUL). */
+void buf_str(struct buf *b, const char *s);
+
+/** buf_u64 - add @v in decimal: what "%llu" prints, without printf (the request path). */
+void buf_u64(struct buf *b, uint64_t v);
+
+/** buf_i64 - add @v in decimal: what "%lld" prints. */
+void buf_i64(struct buf *b, int64_t v);
+
 /** buf_printf - add formatted text, growing as needed. */
 void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

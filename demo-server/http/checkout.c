@@ -127,21 +127,40 @@ static void
 items_json(struct buf *b, const struct checkout_item *it, size_t n)
 {
 	buf_append(b, "[", 1);
-	for (size_t i = 0; i < n; i++)
-		buf_printf(b, "%s{\"sku\":\"%s\",\"quantity\":%llu}", i ? "," : "", it[i].sku,
-		    (unsigned long long)it[i].quantity);
+	for (size_t i = 0; i < n; i++) {
+		buf_str(b, i ? ",{\"sku\":\"" : "{\"sku\":\"");
+		buf_str(b, it[i].sku);
+		buf_str(b, "\",\"quantity\":");
+		buf_u64(b, it[i].quantity);
+		buf_append(b, "}", 1);
+	}
 	buf_append(b, "]", 1);
+}
+
+/* ,"buyer":"<id>" when there is one (ids are [A-Za-z0-9._:-]: nothing to escape). */
+static void
+buyer_json(struct buf *b, const char *buyer)
+{
+	if (buyer[0] == '\0')
+		return;
+	buf_str(b, "\"buyer\":\"");
+	buf_str(b, buyer);
+	buf_str(b, "\",");
 }
 
 static int
 render_hold(const struct checkout_view *v, struct buf *b, void *arg)
 {
 	(void)arg;
-	buf_printf(b, "{\"hold_id\":\"%s\",\"status\":\"%s\",\"expires_at\":%lld,", v->id,
-	    hold_status_name(v->status), (long long)v->expires_at_ms);
-	if (v->buyer[0] != '\0')
-		buf_printf(b, "\"buyer\":\"%s\",", v->buyer);
-	buf_printf(b, "\"items\":");
+	buf_str(b, "{\"hold_id\":\"");
+	buf_str(b, v->id);
+	buf_str(b, "\",\"status\":\"");
+	buf_str(b, hold_status_name(v->status));
+	buf_str(b, "\",\"expires_at\":");
+	buf_i64(b, v->expires_at_ms);
+	buf_append(b, ",", 1);
+	buyer_json(b, v->buyer);
+	buf_str(b, "\"items\":");
 	items_json(b, v->items, v->n);
 	buf_append(b, "}\n", 2);
 	return b->failed ? STOCK_ENOMEM : 0;
@@ -151,10 +170,11 @@ static int
 render_order(const struct checkout_view *v, struct buf *b, void *arg)
 {
 	(void)arg;
-	buf_printf(b, "{\"order_id\":\"%s\",\"status\":\"confirmed\",", v->id);
-	if (v->buyer[0] != '\0')
-		buf_printf(b, "\"buyer\":\"%s\",", v->buyer);
-	buf_printf(b, "\"items\":");
+	buf_str(b, "{\"order_id\":\"");
+	buf_str(b, v->id);
+	buf_str(b, "\",\"status\":\"confirmed\",");
+	buyer_json(b, v->buyer);
+	buf_str(b, "\"items\":");
 	items_json(b, v->items, v->n);
 	buf_append(b, "}\n", 2);
 	return b->failed ? STOCK_ENOMEM : 0;
@@ -165,8 +185,11 @@ checkout_render_buy(const struct checkout_view *v, struct buf *b, void *arg)
 {
 	const struct checkout_item *it = arg;
 
-	buf_printf(b, "{\"ok\":true,\"sku\":\"%s\",\"quantity\":%llu,", it->sku,
-	    (unsigned long long)it->quantity);
+	buf_str(b, "{\"ok\":true,\"sku\":\"");
+	buf_str(b, it->sku);
+	buf_str(b, "\",\"quantity\":");
+	buf_u64(b, it->quantity);
+	buf_append(b, ",", 1);
 	handlers_level_json(b, &v->level, NULL);
 	buf_append(b, "\n", 1);
 	return b->failed ? STOCK_ENOMEM : 0;
@@ -304,7 +327,8 @@ keyed_end(struct app *app, struct mg_connection *c, struct keyed *k, int rc,
     int (*render)(const struct checkout_view *, struct buf *, void *), void *rarg)
 {
 	struct refusal r;
-	struct buf b = BUF_INIT;
+	char small[1024]; /* a one-item answer fits: no allocation on the request path */
+	struct buf b = BUF_ON(small);
 	int st;
 
 	if (rc == 0) {
@@ -458,7 +482,8 @@ int
 handle_hold_get(struct app *app, struct mg_connection *c, const struct route_req *r)
 {
 	struct checkout_view v;
-	struct buf b = BUF_INIT;
+	char small[1024];
+	struct buf b = BUF_ON(small);
 	int st;
 
 	if (!inventory_has_checkout(app->inv))

@@ -50,13 +50,25 @@ handlers_reply_err(struct mg_connection *c, int rc)
 void
 handlers_level_json(struct buf *b, const struct stock_level *l, const char *one_id)
 {
-	buf_printf(b, "\"remaining\":%llu,\"held\":%llu,\"sold\":%llu,\"version\":%llu,"
-	    "\"remainingStock\":%llu,\"soldStock\":%llu", (unsigned long long)l->remaining,
-	    (unsigned long long)l->held, (unsigned long long)l->sold, (unsigned long long)l->version,
-	    (unsigned long long)l->remaining, (unsigned long long)l->sold);
-	if (one_id != NULL)
-		buf_printf(b, ",\"id\":\"%s\",\"stock\":%llu", one_id,
-		    (unsigned long long)l->remaining);
+	/* No printf: this is every buy's answer. */
+	buf_str(b, "\"remaining\":");
+	buf_u64(b, l->remaining);
+	buf_str(b, ",\"held\":");
+	buf_u64(b, l->held);
+	buf_str(b, ",\"sold\":");
+	buf_u64(b, l->sold);
+	buf_str(b, ",\"version\":");
+	buf_u64(b, l->version);
+	buf_str(b, ",\"remainingStock\":");
+	buf_u64(b, l->remaining);
+	buf_str(b, ",\"soldStock\":");
+	buf_u64(b, l->sold);
+	if (one_id != NULL) {
+		buf_str(b, ",\"id\":\"");
+		buf_str(b, one_id);
+		buf_str(b, "\",\"stock\":");
+		buf_u64(b, l->remaining);
+	}
 	buf_append(b, "}", 1);
 }
 

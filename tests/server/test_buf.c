@@ -6,6 +6,8 @@
  */
 #include <criterion/criterion.h>
 
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "common/buf.h"
@@ -40,4 +42,37 @@ Test(buf, heap_from_the_start)
 	cr_expect(b.data != NULL && strcmp(b.data, "42") == 0);
 	buf_free(&b);
 	buf_free(&b); /* empty again: a second free is a no-op */
+}
+
+/* buf_u64 / buf_i64 print what printf's %llu / %lld print, edges included. */
+Test(buf, integers_as_printf_prints_them)
+{
+	static const uint64_t u[] = { 0, 1, 9, 10, 99, 100, 4000000000000ULL, UINT64_MAX - 1, UINT64_MAX };
+	static const int64_t s[] = { 0, -1, 1, -10, INT64_MAX, INT64_MIN, INT64_MIN + 1 };
+	char small[64], want[32];
+
+	for (size_t i = 0; i < sizeof u / sizeof u[0]; i++) {
+		struct buf b = BUF_ON(small);
+
+		buf_u64(&b, u[i]);
+		snprintf(want, sizeof want, "%llu", (unsigned long long)u[i]);
+		cr_expect(b.len == strlen(want) && memcmp(b.data, want, b.len) == 0, "%s", want);
+		buf_free(&b);
+	}
+	for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {
+		struct buf b = BUF_ON(small);
+
+		buf_i64(&b, s[i]);
+		snprintf(want, sizeof want, "%lld", (long long)s[i]);
+		cr_expect(b.len == strlen(want) && memcmp(b.data, want, b.len) == 0, "%s", want);
+		buf_free(&b);
+	}
+	{
+		struct buf b = BUF_ON(small);
+
+		buf_str(&b, "sku:");
+		buf_u64(&b, 7);
+		cr_expect(strcmp(b.data, "sku:7") == 0);
+		buf_free(&b);
+	}
 }
