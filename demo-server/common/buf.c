@@ -68,6 +68,13 @@ buf_u64(struct buf *b, uint64_t v)
 }
 
 void
+buf_key_u64(struct buf *b, const char *key, uint64_t v)
+{
+	buf_str(b, key);
+	buf_u64(b, v);
+}
+
+void
 buf_i64(struct buf *b, int64_t v)
 {
 	if (v < 0) {

@@ -33,6 +33,9 @@ void buf_str(struct buf *b, const char *s);
 /** buf_u64 - add @v in decimal: what "%llu" prints, without printf (the request path). */
 void buf_u64(struct buf *b, uint64_t v);
 
+/** buf_key_u64 - buf_str(@key) then buf_u64(@v): a JSON member after its key text. */
+void buf_key_u64(struct buf *b, const char *key, uint64_t v);
+
 /** buf_i64 - add @v in decimal: what "%lld" prints. */
 void buf_i64(struct buf *b, int64_t v);
 

@@ -130,8 +130,7 @@ items_json(struct buf *b, const struct checkout_item *it, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		buf_str(b, i ? ",{\"sku\":\"" : "{\"sku\":\"");
 		buf_str(b, it[i].sku);
-		buf_str(b, "\",\"quantity\":");
-		buf_u64(b, it[i].quantity);
+		buf_key_u64(b, "\",\"quantity\":", it[i].quantity);
 		buf_append(b, "}", 1);
 	}
 	buf_append(b, "]", 1);
@@ -187,8 +186,7 @@ checkout_render_buy(const struct checkout_view *v, struct buf *b, void *arg)
 
 	buf_str(b, "{\"ok\":true,\"sku\":\"");
 	buf_str(b, it->sku);
-	buf_str(b, "\",\"quantity\":");
-	buf_u64(b, it->quantity);
+	buf_key_u64(b, "\",\"quantity\":", it->quantity);
 	buf_append(b, ",", 1);
 	handlers_level_json(b, &v->level, NULL);
 	buf_append(b, "\n", 1);

@@ -51,23 +51,16 @@ void
 handlers_level_json(struct buf *b, const struct stock_level *l, const char *one_id)
 {
 	/* No printf: this is every buy's answer. */
-	buf_str(b, "\"remaining\":");
-	buf_u64(b, l->remaining);
-	buf_str(b, ",\"held\":");
-	buf_u64(b, l->held);
-	buf_str(b, ",\"sold\":");
-	buf_u64(b, l->sold);
-	buf_str(b, ",\"version\":");
-	buf_u64(b, l->version);
-	buf_str(b, ",\"remainingStock\":");
-	buf_u64(b, l->remaining);
-	buf_str(b, ",\"soldStock\":");
-	buf_u64(b, l->sold);
+	buf_key_u64(b, "\"remaining\":", l->remaining);
+	buf_key_u64(b, ",\"held\":", l->held);
+	buf_key_u64(b, ",\"sold\":", l->sold);
+	buf_key_u64(b, ",\"version\":", l->version);
+	buf_key_u64(b, ",\"remainingStock\":", l->remaining);
+	buf_key_u64(b, ",\"soldStock\":", l->sold);
 	if (one_id != NULL) {
 		buf_str(b, ",\"id\":\"");
 		buf_str(b, one_id);
-		buf_str(b, "\",\"stock\":");
-		buf_u64(b, l->remaining);
+		buf_key_u64(b, "\",\"stock\":", l->remaining);
 	}
 	buf_append(b, "}", 1);
 }

@@ -72,7 +72,8 @@ Test(buf, integers_as_printf_prints_them)
 
 		buf_str(&b, "sku:");
 		buf_u64(&b, 7);
-		cr_expect(strcmp(b.data, "sku:7") == 0);
+		buf_key_u64(&b, ",n:", UINT64_MAX);
+		cr_expect(strcmp(b.data, "sku:7,n:18446744073709551615") == 0, "%s", b.data);
 		buf_free(&b);
 	}
 }

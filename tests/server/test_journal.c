@@ -1373,33 +1373,46 @@ snap_race_worker(void *p)
 	return NULL;
 }
 
-Test(journal, snapshots_during_appends_lose_nothing)
+/*
+ * Four @worker threads (ids 0..3) commit to @st while this thread takes
+ * snapshots back to back until each has acknowledged its @last commit.
+ * Every commit must succeed. Returns the number of snapshots taken.
+ */
+static int
+snapshot_while_committing(store_t *st, void *(*worker)(void *), uint64_t last)
 {
-	struct fx x;
-	store_t *st;
 	pthread_t th[4];
 	struct snap_race a[4];
 	int snaps = 0, done;
 
-	fx_init(&x);
-	st = fx_open(&x);
 	memset(a, 0, sizeof a);
 	for (int i = 0; i < 4; i++) {
 		a[i].st = st;
 		a[i].id = i;
-		cr_assert_eq(pthread_create(&th[i], NULL, snap_race_worker, &a[i]), 0);
+		cr_assert_eq(pthread_create(&th[i], NULL, worker, &a[i]), 0);
 	}
 	do {
 		cr_assert_eq(store_snapshot(st), 0);
 		snaps++;
 		done = 0;
 		for (int i = 0; i < 4; i++)
-			done += __atomic_load_n(&a[i].acked, __ATOMIC_RELAXED) == 400;
+			done += __atomic_load_n(&a[i].acked, __ATOMIC_RELAXED) == last;
 	} while (done < 4 && snaps < 100000);
 	for (int i = 0; i < 4; i++) {
 		pthread_join(th[i], NULL);
 		cr_expect_eq(a[i].failures, 0);
 	}
+	return snaps;
+}
+
+Test(journal, snapshots_during_appends_lose_nothing)
+{
+	struct fx x;
+	store_t *st;
+
+	fx_init(&x);
+	st = fx_open(&x);
+	(void)snapshot_while_committing(st, snap_race_worker, 400);
 	cr_assert_eq(store_snapshot(st), 0);
 	store_close(st);
 	cr_expect_eq(count_files(&x, "journal-"), 1);
@@ -1991,17 +2004,10 @@ Test(kv, foreach_callback_may_replace_what_it_reads)
 	place_destroy(place);
 }
 
-struct kv_race {
-	store_t *st;
-	int id;
-	uint64_t acked;
-	int failures;
-};
-
 static void *
 kv_race_worker(void *p)
 {
-	struct kv_race *a = p;
+	struct snap_race *a = p;
 
 	for (uint64_t v = 1; v <= 300; v++) {
 		char key[32];
@@ -2024,30 +2030,10 @@ Test(kv, snapshots_during_keyed_commits_lose_nothing)
 {
 	struct fx x;
 	store_t *st;
-	pthread_t th[4];
-	struct kv_race a[4];
-	int snaps = 0, done;
 
 	fx_init(&x);
 	st = fx_open(&x);
-	memset(a, 0, sizeof a);
-	for (int i = 0; i < 4; i++) {
-		a[i].st = st;
-		a[i].id = i;
-		cr_assert_eq(pthread_create(&th[i], NULL, kv_race_worker, &a[i]), 0);
-	}
-	do {
-		cr_assert_eq(store_snapshot(st), 0);
-		snaps++;
-		done = 0;
-		for (int i = 0; i < 4; i++)
-			done += __atomic_load_n(&a[i].acked, __ATOMIC_RELAXED) == 300;
-	} while (done < 4 && snaps < 100000);
-	for (int i = 0; i < 4; i++) {
-		pthread_join(th[i], NULL);
-		cr_expect_eq(a[i].failures, 0);
-	}
-	cr_expect_gt(snaps, 1);
+	cr_expect_gt(snapshot_while_committing(st, kv_race_worker, 300), 1);
 	store_close(st);
 	st = fx_open(&x);
 	for (int i = 0; i < 4; i++)
